@@ -1,0 +1,24 @@
+"""radfm: a reproducible platform for a generalist radiology foundation model (RadFM-style).
+
+Importing the package turns off telemetry and hub downloads for every service it drives, unless the
+user has set the variable already: the library must work offline and never phone home.
+"""
+
+from __future__ import annotations
+
+import os
+
+__version__ = "0.1.0"
+
+OFFLINE_DEFAULTS: dict[str, str] = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DVC_NO_ANALYTICS": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+}
+
+for _key, _value in OFFLINE_DEFAULTS.items():
+    os.environ.setdefault(_key, _value)

@@ -1,0 +1,192 @@
+"""The composed model: 3D ViT → perceiver resampler → projection, scattered into a causal LM's embeddings."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from radfm.model.config import RadFMConfig
+from radfm.model.resampler import PerceiverResampler
+from radfm.model.tokenizer import IGNORE_INDEX
+from radfm.model.vit3d import ViT3D
+
+Images = torch.Tensor | Sequence[torch.Tensor] | None
+
+
+class VisionEmbedder(nn.Module):
+    """Images → LM tokens. ``N×C×H×W×D`` → ``N×num_latents×lm_hidden``."""
+
+    def __init__(self, cfg: RadFMConfig) -> None:
+        super().__init__()
+        self.encoder = ViT3D(cfg.vision)
+        if cfg.vision.width != cfg.resampler.dim:
+            raise ValueError(
+                f"vision width {cfg.vision.width} must equal resampler dim {cfg.resampler.dim}"
+            )
+        self.resampler = PerceiverResampler(cfg.resampler)
+        self.projection = nn.Linear(cfg.resampler.dim, cfg.lm.hidden_size)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.projection(self.resampler(self.encoder(images)))
+
+
+class RadFMModel(nn.Module):
+    """Text interleaved with any number of 2D/3D images in, text out.
+
+    ``input_ids`` (B×T) hold ``<image>`` + K placeholders + ``</image>`` per image (K = num_latents).
+    ``images`` are all images of the batch in the order their blocks appear in ``input_ids`` read
+    row by row: either one ``N×C×H×W×D`` tensor or a list of ``C×H×W×D`` tensors (shapes may differ,
+    e.g. 2D and 3D in one batch; each shape group is encoded in one pass).
+    """
+
+    def __init__(self, cfg: RadFMConfig, lm: nn.Module, image_patch_id: int, suppress_ids: Sequence[int]) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.vision = VisionEmbedder(cfg)
+        self.lm = lm
+        self.image_patch_id = image_patch_id
+        # Image tokens are never a valid output: generation masks them.
+        self.suppress_ids = list(suppress_ids)
+
+    # ---- embedding ------------------------------------------------------------------------------
+    def encode_images(self, images: Images) -> torch.Tensor | None:
+        """Return ``N×K×hidden`` image tokens, in input order, or None without images."""
+        if images is None:
+            return None
+        if isinstance(images, torch.Tensor):
+            if images.dim() != 5:
+                raise ValueError(
+                    f"images must be N×C×H×W×D (rank 5), got rank {images.dim()} with shape {tuple(images.shape)}"
+                )
+            return self.vision(images) if images.shape[0] else None
+        if len(images) == 0:
+            return None
+        for i, img in enumerate(images):
+            if img.dim() != 4:
+                raise ValueError(
+                    f"image {i} must be C×H×W×D (rank 4) in a list of images, got shape {tuple(img.shape)}"
+                )
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, img in enumerate(images):
+            groups.setdefault(tuple(img.shape), []).append(i)
+        out: torch.Tensor | None = None
+        for idx in groups.values():
+            feats = self.vision(torch.stack([images[i] for i in idx]))
+            if out is None:
+                out = feats.new_empty((len(images), *feats.shape[1:]))
+            out[idx] = feats
+        return out
+
+    def embed(self, input_ids: torch.Tensor, images: Images = None) -> torch.Tensor:
+        """``B×T`` ids (+ images) → ``B×T×hidden`` input embeddings with image features scattered in."""
+        embeds = self.lm.get_input_embeddings()(input_ids)
+        is_patch = input_ids == self.image_patch_id
+        n_slots = int(is_patch.sum())
+        feats = self.encode_images(images)
+        n_feats = 0 if feats is None else feats.shape[0] * feats.shape[1]
+        if n_slots != n_feats:
+            k = self.cfg.num_image_tokens
+            raise ValueError(
+                f"the text holds {n_slots // k} image placeholder blocks ({n_slots} tokens) but "
+                f"{n_feats // k} images were given: every image needs exactly one <image> block and vice versa"
+            )
+        if feats is None:
+            return embeds
+        # A scatter, not RadFM's one-hot matmul over vocab + all image rows.
+        return embeds.masked_scatter(is_patch.unsqueeze(-1), feats.to(embeds.dtype))
+
+    # ---- training ---------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        images: Images = None,
+        labels: torch.Tensor | None = None,
+        loss_weights: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Return ``logits`` (B×T×V) and, with ``labels`` (B×T, -100 ignored), the answer-only ``loss``.
+
+        ``loss_weights`` (B×T, float) up-weights chosen answer tokens (e.g. clinical terms); the loss is
+        the weighted mean over answer tokens.
+        """
+        embeds = self.embed(input_ids, images)
+        out = self.lm(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False)
+        logits = out.logits
+        result = {"logits": logits}
+        if labels is not None:
+            result["loss"] = answer_loss(logits, labels, loss_weights)
+        return result
+
+    # ---- generation --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        images: Images = None,
+        max_new_tokens: int = 64,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_token_id: int | None = None,
+        pad_token_id: int | None = None,
+        use_cache: bool = True,
+    ) -> torch.Tensor:
+        """Left-padded prompts ``B×T`` → new tokens ``B×T_new`` (padded with ``pad_token_id`` after EOS).
+
+        Greedy by default; sampling with ``do_sample``. Uses the LM's KV cache through
+        ``generate(inputs_embeds=…)``.
+        """
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if attention_mask.shape[0] > 1 and bool((attention_mask[:, -1] == 0).any()):
+            raise ValueError("batched generation needs left padding: a prompt ends in padding")
+        embeds = self.embed(input_ids, images)
+        kwargs = {"do_sample": do_sample}
+        if do_sample:
+            kwargs.update(temperature=temperature, top_k=top_k or 0, top_p=top_p if top_p is not None else 1.0)
+        else:
+            kwargs.update(temperature=None, top_k=None, top_p=None)
+        return self.lm.generate(
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id if pad_token_id is not None else eos_token_id,
+            suppress_tokens=self.suppress_ids or None,
+            use_cache=use_cache,
+            **kwargs,
+        )
+
+    @torch.no_grad()
+    def sequence_logprob(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        images: Images = None,
+    ) -> torch.Tensor:
+        """Sum of log p(label tokens) per row, ``B``: used to rank closed-set answers by likelihood."""
+        logits = self.forward(input_ids, attention_mask, images)["logits"][:, :-1].float()
+        target = labels[:, 1:]
+        mask = target != IGNORE_INDEX
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, target.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+        return (logp * mask).sum(-1)
+
+
+def answer_loss(
+    logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Next-token cross-entropy on tokens whose label is not -100. ``logits`` B×T×V, ``labels`` B×T."""
+    shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+    shift_labels = labels[:, 1:].reshape(-1)
+    per_token = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="none")
+    mask = (shift_labels != IGNORE_INDEX).float()
+    if weights is not None:
+        mask = mask * weights[:, 1:].reshape(-1).float()
+    denom = mask.sum().clamp_min(1.0)
+    return (per_token * mask).sum() / denom
