@@ -44,7 +44,7 @@ def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -
     cfg = RadFMConfig.load(directory / CONFIG)
     tokenizer = RadFMTokenizer.load(directory / TOKENIZER, cfg.num_image_tokens)
     with safe_open(str(directory / WEIGHTS), framework="pt") as f:
-        key = next(k for k in f.keys() if k.endswith("embed_tokens.weight"))
+        key = next(k for k in f.keys() if k.endswith("embed_tokens.weight"))  # noqa: SIM118 (safe_open is not iterable)
         rows = f.get_slice(key).get_shape()[0]
     if len(tokenizer) > rows or rows != cfg.lm.vocab_size:
         raise ValueError(

@@ -30,6 +30,9 @@ class VisionConfig:
     mlp_dim: int = 2048
     dropout: float = 0.0
     min_depth: int = 4
+    # RadFM LayerNorms each raw patch before projecting it. That discards a patch's mean intensity, which is
+    # exactly what separates a flat bright lesion from tissue; small presets turn it off.
+    patch_norm: bool = True
 
     @property
     def head_dim(self) -> int:

@@ -111,11 +111,12 @@ def create(cfg: RadFMConfig, texts: Iterable[str] | None = None) -> tuple[RadFMM
 
 def enable_gradient_checkpointing(model: RadFMModel) -> None:
     model.vision.encoder.gradient_checkpointing = True
-    # transformers 5 renamed the switch; accept both so a pinned older transformers still works.
-    enable = getattr(model.lm, "activation_checkpointing_enable", None) or getattr(
-        model.lm, "gradient_checkpointing_enable", None)
-    if enable is not None:
-        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    # transformers 5 renamed the switch (and its keyword); accept both so an older transformers still works.
+    kwargs = {"use_reentrant": False}
+    if hasattr(model.lm, "activation_checkpointing_enable"):
+        model.lm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    elif hasattr(model.lm, "gradient_checkpointing_enable"):
+        model.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def count_parameters(model: RadFMModel) -> dict[str, int]:

@@ -20,7 +20,7 @@ def tiny() -> RadFMConfig:
     return RadFMConfig(
         name="tiny",
         vision=VisionConfig(image_size=64, max_image_size=64, max_depth=64, patch_size=8, patch_depth=4,
-                            width=192, layers=4, heads=4, dim_head=48, mlp_dim=512, min_depth=4),
+                            width=192, layers=4, heads=4, dim_head=48, mlp_dim=512, min_depth=4, patch_norm=False),
         resampler=ResamplerConfig(dim=192, layers=2, heads=4, dim_head=48, ff_mult=2, num_latents=32),
         lm=LMConfig(hidden_size=256, layers=4, heads=4, intermediate_size=688, vocab_size=4096,
                     max_position_embeddings=512),
@@ -33,7 +33,7 @@ def small() -> RadFMConfig:
     return RadFMConfig(
         name="small",
         vision=VisionConfig(image_size=128, max_image_size=256, max_depth=128, patch_size=16, patch_depth=4,
-                            width=512, layers=6, heads=8, dim_head=64, mlp_dim=2048, min_depth=4),
+                            width=512, layers=6, heads=8, dim_head=64, mlp_dim=2048, min_depth=4, patch_norm=False),
         resampler=ResamplerConfig(dim=512, layers=3, heads=8, dim_head=64, ff_mult=4, num_latents=32),
         lm=LMConfig(hidden_size=768, layers=8, heads=12, intermediate_size=2048, vocab_size=16000,
                     max_position_embeddings=1024),

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import torch
 
@@ -21,7 +21,7 @@ IGNORE_INDEX = -100
 
 # An image's place in the text: "start"/"end" of the question, a character index into the question,
 # or RadFM's form {"question": idx} / {"answer": idx} (idx may also be "start"/"end").
-ImagePosition = Union[str, int, dict, tuple]
+ImagePosition = str | int | dict | tuple
 
 
 @dataclass

@@ -103,7 +103,7 @@ class ViT3D(nn.Module):
         super().__init__()
         self.cfg = cfg
         patch_dim = cfg.in_channels * cfg.patch_size * cfg.patch_size * cfg.patch_depth
-        self.patch_norm_in = nn.LayerNorm(patch_dim)
+        self.patch_norm_in = nn.LayerNorm(patch_dim) if cfg.patch_norm else nn.Identity()
         self.patch_proj = nn.Linear(patch_dim, cfg.width)
         self.patch_norm_out = nn.LayerNorm(cfg.width)
         grid = cfg.max_image_size // cfg.patch_size

@@ -1,0 +1,43 @@
+"""Shared fixtures: one RADFM_HOME per session, a tiny model and its tokenizer built once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def radfm_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    home = tmp_path_factory.mktemp("radfm_home")
+    os.environ["RADFM_HOME"] = str(home)
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(home / "cache" / "torchinductor"))
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg():
+    from radfm.model import presets
+
+    return presets.tiny()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_cfg):
+    from radfm.model import factory
+
+    return factory.build_tokenizer(tiny_cfg, texts=["Is there a nodule?", "Yes, a left nodule.", "No."])
+
+
+@pytest.fixture()
+def tiny_model(tiny_cfg, tiny_tokenizer):
+    import torch
+
+    from radfm.model import factory
+
+    torch.manual_seed(0)
+    return factory.build_model(tiny_cfg, tiny_tokenizer).eval()
