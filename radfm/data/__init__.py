@@ -1,0 +1,1 @@
+"""Data: the MedMD manifest, image readers, transforms, prompts, MedMD-synth, importers, the datamodule."""
