@@ -1,0 +1,172 @@
+"""Dataset, collate and the LightningDataModule: manifest rows → interleaved token batches with images."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from radfm.data import prompts
+from radfm.data.errors import Quarantine, SampleError, check_on_error
+from radfm.data.manifest import Sample, read_manifest, resolve_image_path
+from radfm.data.sampler import ModalityBatchSampler
+from radfm.data.transforms import TransformConfig, preprocess
+from radfm.model.tokenizer import RadFMTokenizer
+
+log = logging.getLogger(__name__)
+
+
+class RadFMDataset(Dataset):
+    """Item ``i`` → token ids/labels of sample ``i`` and its images (``3×H×W×D`` each, in text order)."""
+
+    def __init__(self, samples: Sequence[Sample], data_root: str | Path, tokenizer: RadFMTokenizer,
+                 transform: TransformConfig, train: bool, seed: int = 0, max_length: int | None = None,
+                 cache: Any = None, epoch: int = 0) -> None:
+        self.samples = list(samples)
+        self.data_root = data_root
+        self.tokenizer = tokenizer
+        self.transform = transform
+        self.train = train
+        self.seed = seed
+        self.max_length = max_length
+        self.cache = cache
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load_images(self, sample: Sample, rng: Any = None) -> list[torch.Tensor]:
+        import numpy as np
+
+        images = []
+        np_rng = np.random.default_rng(rng.getrandbits(32)) if rng is not None else None
+        for ref in sample.images:
+            path = resolve_image_path(self.data_root, ref.path)
+            images.append(preprocess(path, self.transform, sample_id=sample.id, cache=self.cache,
+                                     train=self.train, rng=np_rng))
+        return images
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        i, epoch = key if isinstance(key, tuple) else (key, self.epoch)
+        sample = self.samples[i]
+        # A per-(seed, epoch, index) RNG keeps augmentation and prompts reproducible across workers.
+        rng = random.Random(f"{self.seed}:{epoch}:{i}") if self.train else None
+        question = prompts.training_question(sample.question, sample.meta, rng) if rng else sample.question
+        positions = [prompts.image_position(rng, ref.position if not (self.train and ref.position in
+                                                                     ("start", "end")) else None)
+                     for ref in sample.images]
+        try:
+            enc = self.tokenizer.format_prompt(question, sample.answer, positions, max_length=self.max_length)
+        except ValueError as exc:
+            raise SampleError(sample.id, None, str(exc)) from None
+        images = self.load_images(sample, rng)
+        return {"id": sample.id, "task": sample.task, "encoded": enc,
+                "images": [images[k] for k in enc.image_order], "is_3d": sample.is_3d}
+
+
+@dataclass
+class Collator:
+    """Pads a list of items into ``input_ids``/``attention_mask``/``labels`` (B×T) + a list of images."""
+
+    tokenizer: RadFMTokenizer
+    side: str = "right"
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.tokenizer.pad([it["encoded"] for it in items], side=self.side)
+        batch["images"] = [img for it in items for img in it["images"]]
+        batch["ids"] = [it["id"] for it in items]
+        batch["tasks"] = [it["task"] for it in items]
+        return batch
+
+
+@dataclass
+class DataConfig:
+    manifest: str = ""
+    data_root: str = ""
+    batch_size_2d: int = 8
+    batch_size_3d: int = 4
+    num_workers: int = 0
+    seed: int = 0
+    on_error: str = "raise"
+    max_length: int | None = None
+    prevalidate: bool = True
+    transform: TransformConfig = field(default_factory=TransformConfig)
+
+
+class RadFMDataModule(L.LightningDataModule):
+    """Reads the manifest, checks every sample once (which also fills the tensor cache), serves loaders.
+
+    With ``on_error="quarantine"`` bad samples are set aside with their reason and written to
+    ``quarantine.jsonl``; ``len(manifest) == kept + quarantined`` always holds.
+    """
+
+    def __init__(self, cfg: DataConfig, tokenizer: RadFMTokenizer, cache: Any = None,
+                 quarantine_path: str | Path | None = None) -> None:
+        super().__init__()
+        check_on_error(cfg.on_error)
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.cache = cache
+        self.quarantine = Quarantine()
+        self.quarantine_path = quarantine_path
+        self.splits: dict[str, list[Sample]] = {}
+        self.n_rows = 0
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        samples = read_manifest(self.cfg.manifest, self.cfg.on_error, self.quarantine)
+        self.n_rows = len(samples) + len(self.quarantine)
+        kept = []
+        for s in samples:
+            try:
+                if self.cfg.prevalidate:
+                    self._dataset([s], train=False)[0]
+                kept.append(s)
+            except SampleError as err:
+                if self.cfg.on_error == "raise":
+                    raise
+                self.quarantine.add(err, "load")
+        if len(self.quarantine) and self.quarantine_path is not None:
+            self.quarantine.write(self.quarantine_path)
+            log.warning("%d samples quarantined: see %s", len(self.quarantine), self.quarantine_path)
+        assert len(kept) + len(self.quarantine) == self.n_rows
+        self.splits = {name: [s for s in kept if s.split == name] for name in ("train", "val", "test")}
+
+    def _dataset(self, samples: Sequence[Sample], train: bool) -> RadFMDataset:
+        return RadFMDataset(samples, self.cfg.data_root, self.tokenizer, self.cfg.transform, train,
+                            self.cfg.seed, self.cfg.max_length, self.cache)
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        samples = self.splits.get(split, [])
+        if not samples:
+            raise ValueError(f"the {split} split of {self.cfg.manifest} is empty")
+        ds = self._dataset(samples, train)
+        sampler = ModalityBatchSampler([s.is_3d for s in samples], self.cfg.batch_size_2d,
+                                       self.cfg.batch_size_3d, shuffle=train, seed=self.cfg.seed)
+        return DataLoader(ds, batch_sampler=sampler, collate_fn=Collator(self.tokenizer),
+                          num_workers=self.cfg.num_workers,
+                          persistent_workers=self.cfg.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+    def texts(self) -> list[str]:
+        """Every question and answer of the train split: what a tiny tokenizer is trained on."""
+        out = []
+        for s in self.splits.get("train", []):
+            out += [s.question, s.answer]
+        return out

@@ -1,0 +1,1 @@
+"""Training: the LightningModule, ``train(cfg) -> metrics``, and the Ray Train launcher."""
