@@ -37,6 +37,50 @@ def _import_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _synth(args: argparse.Namespace) -> int:
+    from radfm.data import synth
+
+    return int(synth.main(args.rest) or 0)
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    from radfm.data import importers
+
+    common = {"on_error": args.on_error}
+    if args.kind == "table":
+        samples, quarantine = importers.ingest_table(args.source, args.out, image_root=args.image_root,
+                                                     task=args.task, **common)
+    elif args.kind == "medmnist":
+        samples, quarantine = importers.ingest_medmnist(args.source, args.out, name=args.name,
+                                                        max_per_split=args.max_per_split, **common)
+    else:
+        if not args.reports:
+            raise SystemExit("radfm ingest dicom needs --reports REPORTS.csv")
+        samples, quarantine = importers.ingest_dicom_folder(args.source, args.reports, args.out, **common)
+    print(f"{len(samples)} samples written under {args.out}; {len(quarantine)} quarantined")
+    return 0
+
+
+def _data(args: argparse.Namespace) -> int:
+    from radfm.data import versioning
+
+    root = args.repo
+    if args.action == "version":
+        print(versioning.data_version(root, args.target))
+        return 0
+    if args.remote_url:
+        versioning.init_repo(root)
+        versioning.configure_remote(root, args.remote_url, local=True)
+    if args.action == "add":
+        print(versioning.add(root, args.target))
+    elif args.action == "push":
+        versioning.push(root, args.target)
+        print(f"pushed {args.target} ({versioning.data_version(root, args.target)})")
+    else:
+        print(f"pulled {args.target} ({versioning.pull(root, args.target)})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="radfm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -56,6 +100,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", default=None, help="local LLaMA tokenizer directory")
     p.add_argument("--lenient", action="store_true", help="report unmapped keys instead of failing")
     p.set_defaults(func=_import_checkpoint)
+
+    p = sub.add_parser("synth", help="generate MedMD-synth (see `radfm synth --help`)", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_synth)
+
+    p = sub.add_parser("ingest", help="import your own data into a manifest")
+    p.add_argument("kind", choices=["table", "medmnist", "dicom"])
+    p.add_argument("source", help="CSV/JSONL table, MedMNIST .npz, or DICOM folder")
+    p.add_argument("--out", required=True, help="output data root (manifest + images)")
+    p.add_argument("--image-root", default=None, help="table importer: folder the image paths are relative to")
+    p.add_argument("--task", default=None, help="table importer: task for rows without one")
+    p.add_argument("--name", default=None, help="MedMNIST dataset name (default: from the file name)")
+    p.add_argument("--max-per-split", type=int, default=None)
+    p.add_argument("--reports", default=None, help="DICOM importer: CSV of reports")
+    p.add_argument("--on-error", choices=["raise", "quarantine"], default="raise")
+    p.set_defaults(func=_ingest)
+
+    p = sub.add_parser("data", help="version the dataset with DVC (S3 remote from the environment)")
+    p.add_argument("action", choices=["add", "push", "pull", "version"])
+    p.add_argument("--repo", default=".", help="DVC repository root (default: here)")
+    p.add_argument("--target", default="data")
+    p.add_argument("--remote-url", default=None, help="s3://bucket/path (endpoint: RADFM_S3_ENDPOINT_URL)")
+    p.set_defaults(func=_data)
     return parser
 
 
