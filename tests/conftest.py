@@ -41,3 +41,17 @@ def tiny_model(tiny_cfg, tiny_tokenizer):
 
     torch.manual_seed(0)
     return factory.build_model(tiny_cfg, tiny_tokenizer).eval()
+
+
+@pytest.fixture()
+def tiny_model_for(tiny_cfg):
+    """Build a tiny model for a given tokenizer."""
+    import torch
+
+    from radfm.model import factory
+
+    def build(tokenizer):
+        torch.manual_seed(0)
+        return factory.build_model(tiny_cfg, tokenizer)
+
+    return build

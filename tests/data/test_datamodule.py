@@ -1,0 +1,108 @@
+"""The datamodule on MedMD-synth: homogeneous batches, labels, determinism, workers, quarantine."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from radfm.data.cache import TensorCache
+from radfm.data.datamodule import DataConfig, RadFMDataModule
+from radfm.data.errors import SampleError
+from radfm.data.manifest import read_manifest
+from radfm.data.synth import SynthConfig, generate
+from radfm.data.transforms import TransformConfig
+from radfm.model import factory
+from radfm.model.tokenizer import IGNORE_INDEX
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    generate(SynthConfig(n_samples=40, seed=3), root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tokenizer(synth_root, tiny_cfg):
+    samples = read_manifest(synth_root / "manifest.jsonl")
+    return factory.build_tokenizer(tiny_cfg, [t for s in samples for t in (s.question, s.answer)])
+
+
+def make_dm(root, tokenizer, tmp_path, **kw):
+    cfg = DataConfig(manifest=str(root / "manifest.jsonl"), data_root=str(root), batch_size_2d=6,
+                     batch_size_3d=3, seed=kw.pop("seed", 0), transform=TransformConfig(image_size=64), **kw)
+    dm = RadFMDataModule(cfg, tokenizer, cache=TensorCache(tmp_path / "cache"),
+                         quarantine_path=tmp_path / "quarantine.jsonl")
+    dm.setup()
+    return dm
+
+
+def test_batches_are_homogeneous_and_well_formed(synth_root, tokenizer, tmp_path, tiny_model_for):
+    dm = make_dm(synth_root, tokenizer, tmp_path)
+    model = tiny_model_for(tokenizer)
+    n_batches = 0
+    for batch in dm.train_dataloader():
+        depths = {img.shape[-1] for img in batch["images"]}
+        is_3d = {d > 1 for d in depths}
+        assert len(is_3d) == 1, "a batch mixes 2D and 3D"
+        assert len(batch["ids"]) <= (3 if is_3d.pop() else 6)
+        ids, labels = batch["input_ids"], batch["labels"]
+        assert int((ids == tokenizer.image_patch_id).sum()) == 32 * len(batch["images"])
+        assert (labels[ids == tokenizer.image_patch_id] == IGNORE_INDEX).all()
+        assert all(img.shape[:3] == (3, 64, 64) for img in batch["images"])
+        if n_batches == 0:
+            out = model(batch["input_ids"], batch["attention_mask"], batch["images"], batch["labels"])
+            assert torch.isfinite(out["loss"])
+        n_batches += 1
+    assert n_batches == len(dm.train_dataloader())
+    assert len(dm.val_dataloader()) > 0 and len(dm.test_dataloader()) > 0
+
+
+def test_deterministic_by_seed_and_epoch(synth_root, tokenizer, tmp_path):
+    a = next(iter(make_dm(synth_root, tokenizer, tmp_path / "a").train_dataloader()))
+    b = next(iter(make_dm(synth_root, tokenizer, tmp_path / "b").train_dataloader()))
+    assert a["ids"] == b["ids"] and torch.equal(a["input_ids"], b["input_ids"])
+    assert all(torch.equal(x, y) for x, y in zip(a["images"], b["images"]))
+    dm = make_dm(synth_root, tokenizer, tmp_path / "c")
+    loader = dm.train_dataloader()
+    loader.batch_sampler.set_epoch(1)
+    assert next(iter(loader))["ids"] != a["ids"]
+
+
+def test_worker_processes_give_the_same_batches(synth_root, tokenizer, tmp_path):
+    serial = [b["ids"] for b in make_dm(synth_root, tokenizer, tmp_path / "s").val_dataloader()]
+    workers = make_dm(synth_root, tokenizer, tmp_path / "w", num_workers=2)
+    assert [b["ids"] for b in workers.val_dataloader()] == serial
+
+
+def _corrupt_copy(src, dst):
+    shutil.copytree(src, dst)
+    lines = (dst / "manifest.jsonl").read_text().splitlines()
+    rows = [json.loads(x) for x in lines[1:]]
+    victim = rows[0]["images"][0]["path"]
+    (dst / victim).write_bytes(b"not an image at all")
+    bad_row = dict(rows[1], id="bad-row", task="surgery")
+    (dst / "manifest.jsonl").write_text("\n".join([*lines, json.dumps(bad_row)]) + "\n")
+    n_victims = sum(r["images"][0]["path"] == victim for r in rows)
+    return len(rows) + 1, n_victims, victim
+
+
+def test_quarantine_keeps_counts(synth_root, tokenizer, tmp_path):
+    n_rows, n_victims, victim = _corrupt_copy(synth_root, tmp_path / "data")
+    dm = make_dm(tmp_path / "data", tokenizer, tmp_path, on_error="quarantine")
+    kept = sum(len(v) for v in dm.splits.values())
+    assert kept + len(dm.quarantine) == n_rows
+    assert len(dm.quarantine) == n_victims + 1
+    report = [json.loads(x) for x in (tmp_path / "quarantine.jsonl").read_text().splitlines()]
+    assert any(r["sample_id"] == "bad-row" and "task" in r["reason"] for r in report)
+    assert any(victim.split("/")[-1] in (r["file"] or "") for r in report)
+
+
+def test_raise_names_sample_file_and_reason(synth_root, tokenizer, tmp_path):
+    _corrupt_copy(synth_root, tmp_path / "data")
+    with pytest.raises(SampleError) as info:
+        make_dm(tmp_path / "data", tokenizer, tmp_path, on_error="raise")
+    assert info.value.sample_id and info.value.reason
