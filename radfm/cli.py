@@ -127,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["synth"]:
+        # MedMD-synth owns its own argument parser: hand it everything after the sub-command.
+        from radfm.data import synth
+
+        return int(synth.main(argv[1:]) or 0)
     args = build_parser().parse_args(argv)
     from radfm.paths import configure_caches
 
