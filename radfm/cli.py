@@ -133,6 +133,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from radfm.data import synth
 
         return int(synth.main(argv[1:]) or 0)
+    if argv[:1] == ["train"]:
+        # Hydra owns the command line of training (overrides, -m multirun).
+        from radfm.train.entry import main as train_main
+
+        sys.argv = [f"{sys.argv[0]} train", *argv[1:]]
+        train_main()
+        return 0
     args = build_parser().parse_args(argv)
     from radfm.paths import configure_caches
 

@@ -1,0 +1,1 @@
+"""Registry: MLflow tracking helpers, the pyfunc model, and the promotion gate."""

@@ -1,0 +1,153 @@
+"""MLflow tracking of a training run: config, data version, git commit, counts, metrics, artifacts.
+
+One run per training (or one child run per sweep trial under the sweep's parent run). The default store is a
+SQLite file and an artifact folder under RADFM_HOME; a remote ``mlflow server`` URI works the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+def git_commit(cwd: str | Path | None = None) -> str:
+    """The checkout's commit (with ``-dirty`` when the tree has uncommitted changes), or ``unknown``."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                             check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def check_server(uri: str, timeout: float = 3.0) -> None:
+    """Fail fast on a dead tracking server (MLflow's own client retries for minutes before it says so)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (the user's own server)
+            if resp.status != 200:
+                raise ConnectionError(f"MLflow server {uri} answered {resp.status} on /health")
+    except OSError as exc:
+        raise ConnectionError(f"MLflow tracking server {uri} is not reachable ({exc}); start it with "
+                              "`radfm services up` or unset MLFLOW_TRACKING_URI") from None
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def ensure_experiment(name: str, artifact_location: str | None) -> str:
+    import mlflow
+
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = Path(artifact_location).resolve().as_uri() if artifact_location and "://" not in \
+        artifact_location else artifact_location
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+class RunTracker:
+    """Owns the MLflow run of one training; ``enabled=False`` keeps the same calls as no-ops."""
+
+    def __init__(self, enabled: bool, tracking_uri: str | None = None, experiment: str = "radfm",
+                 artifact_location: str | None = None, run_name: str | None = None,
+                 log_system_metrics: bool = False, data_root: str | None = None) -> None:
+        self.enabled = enabled
+        self.tracking_uri = tracking_uri
+        self.run_id: str | None = None
+        self.data_version = compute_data_version(data_root) if data_root else "unknown"
+        if not enabled:
+            return
+        import mlflow
+
+        check_server(tracking_uri or "")
+        mlflow.set_tracking_uri(tracking_uri)
+        exp_id = ensure_experiment(experiment, artifact_location)
+        nested = mlflow.active_run() is not None
+        run = mlflow.start_run(experiment_id=exp_id, run_name=run_name, nested=nested,
+                               log_system_metrics=log_system_metrics)
+        self.run_id = run.info.run_id
+
+    @classmethod
+    def from_cfg(cls, cfg: DictConfig, run_dir: Path) -> RunTracker:
+        lg = cfg.logger
+        return cls(lg.name == "mlflow", tracking_uri=lg.get("tracking_uri"),
+                   experiment=lg.get("experiment_name", "radfm"), artifact_location=lg.get("artifact_location"),
+                   run_name=str(cfg.run_name), log_system_metrics=bool(lg.get("log_system_metrics", False)),
+                   data_root=str(cfg.data.root))
+
+    def lightning_logger(self) -> Any:
+        if not self.enabled:
+            return False
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        return MLFlowLogger(tracking_uri=self.tracking_uri, run_id=self.run_id, log_model=False)
+
+    def log_start(self, cfg: DictConfig, module: Any, datamodule: Any, manifest: Path) -> None:
+        if not self.enabled:
+            return
+        import mlflow
+
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        mlflow.log_dict(resolved, "config/resolved.yaml")
+        params = {f"cfg.{k}": str(v)[:500] for k, v in flatten(resolved).items()
+                  if not k.startswith(("paths.", "hydra."))}
+        for chunk in _chunks(params, 90):
+            mlflow.log_params(chunk)
+        counts = module.param_counts
+        mlflow.set_tags({
+            "radfm.data_version": self.data_version,
+            "radfm.git_commit": git_commit(),
+            "radfm.model_preset": module.model_cfg.name,
+            "radfm.manifest": str(manifest),
+            "radfm.params_total": counts["total"],
+            "radfm.params_trainable": counts["trainable"],
+        })
+        mlflow.log_metrics({"params_total": counts["total"], "params_trainable": counts["trainable"],
+                            "data_quarantined": len(datamodule.quarantine)})
+
+    def log_end(self, metrics: dict[str, float], model_dir: Path, callbacks: list[Any]) -> None:
+        if not self.enabled:
+            return
+        import mlflow
+
+        mlflow.log_metrics({f"final/{k.replace('/', '_')}": v for k, v in metrics.items()})
+        mlflow.log_artifacts(str(model_dir), "model")
+        best = [c.best_model_path for c in callbacks if getattr(c, "monitor", None) and c.best_model_path]
+        if best:
+            mlflow.set_tag("radfm.best_checkpoint", best[0])
+        mlflow.end_run()
+
+
+def compute_data_version(data_root: str) -> str:
+    """DVC's directory hash of the dataset folder (equals the md5 in ``data.dvc`` for the default data)."""
+    from radfm.data.versioning import content_hash
+
+    root = Path(data_root)
+    if not root.exists():
+        return "missing"
+    return content_hash(root)
+
+
+def _chunks(d: dict[str, Any], n: int) -> list[dict[str, Any]]:
+    items = list(d.items())
+    return [dict(items[i:i + n]) for i in range(0, len(items), n)]

@@ -1,0 +1,150 @@
+"""``train(cfg) -> metrics``: pure (no Prefect); the Hydra entry point and flows call it."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from radfm.data.cache import TensorCache
+from radfm.data.datamodule import DataConfig, RadFMDataModule
+from radfm.data.manifest import read_manifest
+from radfm.data.transforms import TransformConfig
+from radfm.model import factory
+from radfm.model.checkpoint import save_pretrained
+from radfm.model.config import RadFMConfig
+from radfm.model.tokenizer import RadFMTokenizer
+from radfm.paths import configure_caches
+from radfm.train.data_prep import ensure_dataset
+from radfm.train.module import RadFMLitModule
+
+log = logging.getLogger(__name__)
+
+
+def build_model_config(cfg: DictConfig) -> RadFMConfig:
+    return instantiate(cfg.model, _convert_="all")
+
+
+def build_data_config(cfg: DictConfig) -> DataConfig:
+    d = cfg.data
+    transform = TransformConfig(**OmegaConf.to_container(d.transform, resolve=True))
+    return DataConfig(manifest=str(d.manifest), data_root=str(d.root), batch_size_2d=d.batch_size_2d,
+                      batch_size_3d=d.batch_size_3d, num_workers=d.num_workers, seed=cfg.seed,
+                      on_error=d.on_error, max_length=d.max_length, prevalidate=d.prevalidate,
+                      transform=transform)
+
+
+def prepare_tokenizer(model_cfg: RadFMConfig, manifest: str | Path, out_dir: Path) -> RadFMTokenizer:
+    """Train (tiny presets) or load the tokenizer once per run; workers and resumes load the saved copy."""
+    tok_dir = out_dir / "tokenizer"
+    if (tok_dir / "tokenizer.json").exists():
+        return RadFMTokenizer.load(tok_dir, model_cfg.num_image_tokens)
+    samples = read_manifest(manifest, on_error="quarantine", quarantine=_Sink())
+    texts = [t for s in samples if s.split == "train" for t in (s.question, s.answer)]
+    tokenizer = factory.build_tokenizer(model_cfg, texts)
+    tokenizer.save(tok_dir)
+    return tokenizer
+
+
+class _Sink(list):
+    """Rows rejected while collecting tokenizer text are reported by the datamodule later, not here."""
+
+    def add(self, err: Any, stage: str = "") -> None:
+        self.append(err)
+
+
+def run_dir_of(cfg: DictConfig) -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    out = Path(str(cfg.paths.runs_dir)) / str(cfg.run_name)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def build_trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    t = cfg.trainer
+    keys = ("accelerator", "devices", "strategy", "precision", "max_steps", "max_epochs", "val_check_interval",
+            "check_val_every_n_epoch", "limit_val_batches", "gradient_clip_val", "accumulate_grad_batches",
+            "log_every_n_steps", "fast_dev_run", "deterministic", "num_sanity_val_steps")
+    return {k: t[k] for k in keys if k in t}
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train one model as ``cfg`` says and return its final metrics (floats)."""
+    configure_caches()
+    L.seed_everything(cfg.seed, workers=True)
+    manifest = ensure_dataset(cfg.data)
+    run_dir = run_dir_of(cfg)
+    model_cfg = build_model_config(cfg)
+    tokenizer = prepare_tokenizer(model_cfg, manifest, run_dir)
+    if cfg.trainer.get("backend", "lightning") == "ray":
+        from radfm.train.ray_launcher import train_with_ray
+
+        return train_with_ray(cfg, run_dir)
+
+    data_cfg = build_data_config(cfg)
+    cache = TensorCache(Path(str(cfg.paths.cache_dir)) / "tensors")
+    dm = RadFMDataModule(data_cfg, tokenizer, cache=cache, quarantine_path=run_dir / "quarantine.jsonl")
+    dm.setup()
+    module = RadFMLitModule(model_cfg, tokenizer, optimizer=instantiate(cfg.optim.optimizer),
+                            scheduler=instantiate(cfg.optim.scheduler), freeze=cfg.freeze,
+                            lora=OmegaConf.to_container(cfg.lora) if cfg.lora else None,
+                            term_weight=cfg.term_weight, seed=cfg.seed)
+    if cfg.trainer.get("compile"):
+        module.model = torch.compile(module.model)
+
+    from radfm.registry.tracking import RunTracker
+
+    tracker = RunTracker.from_cfg(cfg, run_dir)
+    callbacks = checkpoint_callbacks(cfg, run_dir)
+    trainer = L.Trainer(**build_trainer_kwargs(cfg), default_root_dir=str(run_dir), callbacks=callbacks,
+                        logger=tracker.lightning_logger(), enable_progress_bar=False,
+                        enable_model_summary=False)
+    tracker.log_start(cfg, module, dm, manifest)
+    ckpt_path = resolve_ckpt_path(cfg, run_dir)
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+    model_dir = save_pretrained(module.model, tokenizer, run_dir / "model",
+                                extra={"data_version": tracker.data_version})
+    metrics["global_step"] = float(trainer.global_step)
+    tracker.log_end(metrics, model_dir, callbacks)
+    metrics["run_id"] = tracker.run_id  # type: ignore[assignment]
+    log.info("trained %s for %d steps: %s", model_cfg.name, trainer.global_step, metrics)
+    return metrics
+
+
+def checkpoint_callbacks(cfg: DictConfig, run_dir: Path) -> list[Any]:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    ckpt_dir = run_dir / "checkpoints"
+    every = ModelCheckpoint(dirpath=ckpt_dir, filename="step-{step}", every_n_train_steps=cfg.callbacks.
+                            checkpoint_every_n_steps, save_top_k=-1, save_last=True)
+    callbacks: list[Any] = [every]
+    if cfg.callbacks.get("keep_best_by") and not cfg.trainer.get("fast_dev_run"):
+        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=cfg.callbacks.keep_best_by,
+                                         mode="min", save_top_k=1))
+    return callbacks
+
+
+def resolve_ckpt_path(cfg: DictConfig, run_dir: Path) -> str | None:
+    if not cfg.ckpt_path:
+        return None
+    if cfg.ckpt_path == "last":
+        last = run_dir / "checkpoints" / "last.ckpt"
+        return str(last) if last.exists() else None
+    path = Path(str(cfg.ckpt_path))
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    return str(path)
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")
