@@ -86,6 +86,35 @@ class Collator:
         return batch
 
 
+class ResumableDataLoader(DataLoader):
+    """A DataLoader whose position inside the epoch travels in Lightning checkpoints.
+
+    Lightning saves ``state_dict()`` of a stateful loader with the checkpoint and calls ``load_state_dict``
+    on resume; the sampler then skips the batches already trained on, so a resumed run sees exactly the
+    batches an uninterrupted run would. Counting happens where batches reach the consumer (not in the
+    sampler), because worker processes prefetch ahead.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._consumed = 0
+        self._resume_at = 0
+
+    def __iter__(self):  # type: ignore[override]
+        sampler = self.batch_sampler
+        sampler.skip, self._consumed, self._resume_at = self._resume_at, self._resume_at, 0
+        for batch in super().__iter__():
+            self._consumed += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": int(self.batch_sampler.epoch), "consumed": self._consumed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.batch_sampler.set_epoch(state["epoch"])
+        self._resume_at = state["consumed"]
+
+
 @dataclass
 class DataConfig:
     manifest: str = ""
@@ -151,7 +180,8 @@ class RadFMDataModule(L.LightningDataModule):
         ds = self._dataset(samples, train)
         sampler = ModalityBatchSampler([s.is_3d for s in samples], self.cfg.batch_size_2d,
                                        self.cfg.batch_size_3d, shuffle=train, seed=self.cfg.seed)
-        return DataLoader(ds, batch_sampler=sampler, collate_fn=Collator(self.tokenizer),
+        loader_cls = ResumableDataLoader if train else DataLoader
+        return loader_cls(ds, batch_sampler=sampler, collate_fn=Collator(self.tokenizer),
                           num_workers=self.cfg.num_workers,
                           persistent_workers=self.cfg.num_workers > 0)
 

@@ -24,6 +24,7 @@ class ModalityBatchSampler:
         self.bs = {False: batch_size_2d, True: batch_size_3d}
         self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
         self.epoch = 0
+        self.skip = 0  # batches of this epoch already consumed before a resume
         if world_size is None:
             initialised = dist.is_available() and dist.is_initialized()
             world_size = dist.get_world_size() if initialised else 1
@@ -58,7 +59,8 @@ class ModalityBatchSampler:
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         # Each index travels with its epoch so per-sample augmentation differs between epochs even in
         # persistent worker processes, yet is reproducible from (seed, epoch, index).
-        for batch in self._batches():
+        skip, self.skip = self.skip, 0
+        for batch in self._batches()[skip:]:
             yield [(i, self.epoch) for i in batch]
 
     def __len__(self) -> int:

@@ -1,0 +1,90 @@
+"""train(cfg): fast_dev_run of every experiment, a real short run whose loss drops, resume, MLflow contents."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from omegaconf import open_dict
+
+from radfm.train.train import train
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_fast_dev_run_every_experiment(make_cfg, experiment):
+    cfg = make_cfg(f"experiment={experiment}", "trainer.fast_dev_run=true", "logger=none",
+                   "data.synth.n_samples=24", "trainer.max_steps=2")
+    metrics = train(cfg)
+    assert metrics["global_step"] >= 1
+
+
+@pytest.mark.parametrize("model", ["tiny", "small", "base"])
+def test_every_model_group_instantiates(make_cfg, model):
+    from radfm.train.train import build_model_config
+
+    cfg = build_model_config(make_cfg(f"model={model}"))
+    assert cfg.name == model
+
+
+def test_short_run_loss_drops_and_mlflow_has_it(make_cfg, tmp_path):
+    cfg = make_cfg("trainer.max_steps=40", "trainer.val_check_interval=20", "optim.lr=2e-3",
+                   "optim.warmup_steps=5", "term_weight=3.0")
+    metrics = train(cfg)
+    client = mlflow.MlflowClient(tracking_uri=cfg.paths.mlflow_uri)
+    run = client.get_run(metrics["run_id"])
+    losses = [m.value for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    assert len(losses) >= 10
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.6 * first, (first, last)
+    tags = run.data.tags
+    assert tags["radfm.model_preset"] == "tiny"
+    assert len(tags["radfm.data_version"]) == 32
+    assert tags["radfm.git_commit"]
+    assert int(tags["radfm.params_total"]) > 1e6
+    assert run.data.params["cfg.model.vision.width"] == "192"
+    assert "val/loss" in run.data.metrics and "train/lr" in run.data.metrics
+    assert any(k.startswith("train/loss_") for k in run.data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
+    assert {"model/model.safetensors", "model/config.json", "model/tokenizer"} <= artifacts
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "config")} == {"config/resolved.yaml"}
+
+
+def _next_step_loss(cfg, ckpt: Path) -> float:
+    """The loss of the step right after ``ckpt``, computed by resuming a 1-step-longer run."""
+    from lightning.pytorch.callbacks import Callback
+
+    seen: list[float] = []
+
+    class Grab(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen.append(float(outputs["loss"]))
+
+    import radfm.train.train as tr
+
+    original = tr.checkpoint_callbacks
+    tr.checkpoint_callbacks = lambda c, d: [*original(c, d), Grab()]
+    try:
+        with open_dict(cfg):
+            cfg.ckpt_path = str(ckpt) if ckpt else None
+        train(cfg)
+    finally:
+        tr.checkpoint_callbacks = original
+    return seen
+
+
+def test_resume_gives_the_same_next_step_loss(make_cfg, tmp_path):
+    straight = make_cfg("trainer.max_steps=6", "logger=none", "run_name=straight")
+    losses = _next_step_loss(straight, None)
+    ckpt = Path(straight.paths.runs_dir) / "straight" / "checkpoints" / "step-step=4.ckpt"
+    assert ckpt.exists(), sorted(p.name for p in ckpt.parent.iterdir())
+    resumed = make_cfg("trainer.max_steps=6", "logger=none", "run_name=resumed")
+    after = _next_step_loss(resumed, ckpt)
+    assert len(after) == 2
+    assert after[0] == pytest.approx(losses[4], rel=1e-5, abs=1e-6)
+    state = torch.load(ckpt, weights_only=False)
+    assert state["global_step"] == 4 and state["optimizer_states"] and state["lr_schedulers"]
