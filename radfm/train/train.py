@@ -112,13 +112,24 @@ def train(cfg: DictConfig) -> dict[str, float]:
     ckpt_path = resolve_ckpt_path(cfg, run_dir)
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
-    model_dir = save_pretrained(module.model, tokenizer, run_dir / "model",
+    export_model = merged_for_export(module.model)
+    model_dir = save_pretrained(export_model, tokenizer, run_dir / "model",
                                 extra={"data_version": tracker.data_version})
     metrics["global_step"] = float(trainer.global_step)
     tracker.log_end(metrics, model_dir, callbacks)
     metrics["run_id"] = tracker.run_id  # type: ignore[assignment]
     log.info("trained %s for %d steps: %s", model_cfg.name, trainer.global_step, metrics)
     return metrics
+
+
+def merged_for_export(model: Any) -> Any:
+    """A LoRA-wrapped LM is merged into plain weights so the checkpoint loads without peft."""
+    import copy
+
+    if hasattr(model.lm, "merge_and_unload"):
+        model = copy.deepcopy(model)
+        model.lm = model.lm.merge_and_unload()
+    return model
 
 
 def checkpoint_callbacks(cfg: DictConfig, run_dir: Path) -> list[Any]:

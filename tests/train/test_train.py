@@ -88,3 +88,29 @@ def test_resume_gives_the_same_next_step_loss(make_cfg, tmp_path):
     assert after[0] == pytest.approx(losses[4], rel=1e-5, abs=1e-6)
     state = torch.load(ckpt, weights_only=False)
     assert state["global_step"] == 4 and state["optimizer_states"] and state["lr_schedulers"]
+
+
+def test_lora_and_freezing_train_only_what_they_say(make_cfg):
+    from radfm.model.checkpoint import load_pretrained
+
+    cfg = make_cfg("lora={r: 4, alpha: 8, dropout: 0.0}", "freeze=vision", "logger=none", "trainer.max_steps=3",
+                   "run_name=lora")
+    metrics = train(cfg)
+    assert metrics["global_step"] == 3
+    model, _ = load_pretrained(Path(cfg.paths.runs_dir) / "lora" / "model")
+    assert not any("lora_" in name for name, _ in model.named_parameters())
+
+
+def test_lora_module_counts():
+    from radfm.model import presets
+    from radfm.model.tokenizer import RadFMTokenizer
+    from radfm.train.module import RadFMLitModule
+
+    tok = RadFMTokenizer.train_bpe(["is there a nodule", "yes", "no"], 300)
+    full = RadFMLitModule(presets.tiny(), tok)
+    lora = RadFMLitModule(presets.tiny(), tok, freeze="adapter_only", lora={"r": 4})
+    c_full, c_lora = full.param_counts, lora.param_counts
+    assert c_full["trainable"] == c_full["total"]
+    lm_lora = sum(p.numel() for n, p in lora.model.lm.named_parameters() if p.requires_grad)
+    assert 0 < lm_lora < 0.05 * c_full["lm"]
+    assert c_lora["trainable"] == c_lora["resampler"] + lm_lora
