@@ -146,6 +146,12 @@ class RadFMModel(nn.Module):
         if attention_mask.shape[0] > 1 and bool((attention_mask[:, -1] == 0).any()):
             raise ValueError("batched generation needs left padding: a prompt ends in padding")
         embeds = self.embed(input_ids, images)
+        if not use_cache:
+            # transformers turns the cache back on when generate() gets inputs_embeds: recompute by hand.
+            if do_sample:
+                raise ValueError("sampling without the KV cache is not supported; use use_cache=True")
+            return self._greedy_without_cache(embeds, attention_mask, max_new_tokens, eos_token_id,
+                                              pad_token_id if pad_token_id is not None else eos_token_id)
         kwargs = {"do_sample": do_sample}
         if do_sample:
             kwargs.update(temperature=temperature, top_k=top_k or 0, top_p=top_p if top_p is not None else 1.0)
@@ -161,6 +167,30 @@ class RadFMModel(nn.Module):
             use_cache=use_cache,
             **kwargs,
         )
+
+    def _greedy_without_cache(self, embeds: torch.Tensor, mask: torch.Tensor, steps: int,
+                              eos: int | None, pad: int | None) -> torch.Tensor:
+        """Greedy decoding that re-runs the whole sequence every step (a reference and a benchmark baseline)."""
+        table = self.lm.get_input_embeddings()
+        finished = torch.zeros(embeds.shape[0], dtype=torch.bool, device=embeds.device)
+        out = []
+        for _ in range(steps):
+            pos = (mask.cumsum(-1) - 1).clamp_min(0)
+            logits = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=False).logits
+            last = logits[:, -1].float()
+            if self.suppress_ids:
+                last[:, self.suppress_ids] = float("-inf")
+            nxt = last.argmax(-1)
+            if pad is not None:
+                nxt = torch.where(finished, torch.full_like(nxt, pad), nxt)
+            out.append(nxt)
+            if eos is not None:
+                finished |= nxt == eos
+            if bool(finished.all()):
+                break
+            embeds = torch.cat([embeds, table(nxt)[:, None].to(embeds.dtype)], dim=1)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        return torch.stack(out, dim=1)
 
     @torch.no_grad()
     def sequence_logprob(

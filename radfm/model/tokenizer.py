@@ -150,10 +150,15 @@ class RadFMTokenizer:
         return [self.image_start_id] + [self.image_patch_id] * self.num_image_tokens + [self.image_end_id]
 
     def encode_text(self, text: str) -> list[int]:
-        return self.hf.encode(text, add_special_tokens=False) if text else []
+        """Plain text → ids. Special-token strings in the text ("<image>", "</s>") stay text: a report that
+        happens to contain them must never inject an image slot or an early end of sequence."""
+        if not text:
+            return []
+        return self.hf(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self.hf.decode(list(ids), skip_special_tokens=True).strip()
+        special = set(self.hf.all_special_ids)
+        return self.hf.decode([i for i in ids if i not in special]).strip()
 
     # ---- prompts ------------------------------------------------------------------------------
     def format_prompt(

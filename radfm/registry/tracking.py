@@ -7,6 +7,7 @@ SQLite file and an artifact folder under RADFM_HOME; a remote ``mlflow server`` 
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -15,6 +16,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
+
+# Set by the sweep callback (radfm.train.sweep) for the jobs of a Hydra multirun: each job's run becomes a child
+# of the sweep's parent run even when that parent is not the active run of this process (or of any process).
+PARENT_RUN_ENV = "RADFM_MLFLOW_PARENT_RUN_ID"
 
 
 def git_commit(cwd: str | Path | None = None) -> str:
@@ -70,7 +75,8 @@ class RunTracker:
 
     def __init__(self, enabled: bool, tracking_uri: str | None = None, experiment: str = "radfm",
                  artifact_location: str | None = None, run_name: str | None = None,
-                 log_system_metrics: bool = False, data_root: str | None = None) -> None:
+                 log_system_metrics: bool = False, data_root: str | None = None,
+                 parent_run_id: str | None = None, tags: dict[str, str] | None = None) -> None:
         self.enabled = enabled
         self.tracking_uri = tracking_uri
         self.run_id: str | None = None
@@ -83,8 +89,10 @@ class RunTracker:
         mlflow.set_tracking_uri(tracking_uri)
         exp_id = ensure_experiment(experiment, artifact_location)
         nested = mlflow.active_run() is not None
-        run = mlflow.start_run(experiment_id=exp_id, run_name=run_name, nested=nested,
-                               log_system_metrics=log_system_metrics)
+        # An active run is the parent (MLflow nests under it); otherwise the sweep's parent, if one is named.
+        parent = None if nested else _existing_parent(parent_run_id or os.environ.get(PARENT_RUN_ENV))
+        run = mlflow.start_run(experiment_id=exp_id, run_name=run_name, nested=nested, parent_run_id=parent,
+                               tags=tags or None, log_system_metrics=log_system_metrics)
         self.run_id = run.info.run_id
 
     @classmethod
@@ -93,7 +101,7 @@ class RunTracker:
         return cls(lg.name == "mlflow", tracking_uri=lg.get("tracking_uri"),
                    experiment=lg.get("experiment_name", "radfm"), artifact_location=lg.get("artifact_location"),
                    run_name=str(cfg.run_name), log_system_metrics=bool(lg.get("log_system_metrics", False)),
-                   data_root=str(cfg.data.root))
+                   data_root=str(cfg.data.root), tags=sweep_job_tags())
 
     def lightning_logger(self) -> Any:
         if not self.enabled:
@@ -136,6 +144,39 @@ class RunTracker:
         if best:
             mlflow.set_tag("radfm.best_checkpoint", best[0])
         mlflow.end_run()
+
+
+def sweep_job_tags() -> dict[str, str]:
+    """Tags that identify a Hydra multirun job (its number and overrides), so the sweep can find its run."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return {}
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return {}
+    return {"radfm.sweep.job_num": str(hc.job.num),
+            "radfm.sweep.overrides": " ".join(hc.overrides.task)[:5000]}
+
+
+def _existing_parent(run_id: str | None) -> str | None:
+    """``run_id`` if that run exists in the current tracking store; a stale id only costs the link, not the run."""
+    if not run_id:
+        return None
+    import mlflow
+
+    try:
+        deleted = mlflow.MlflowClient().get_run(run_id).info.lifecycle_stage == "deleted"
+    except mlflow.exceptions.MlflowException as exc:
+        deleted, why = True, str(exc)
+    else:
+        why = "deleted"
+    if deleted:
+        log.warning("%s=%s names no live run in %s (%s); this run is not nested under it", PARENT_RUN_ENV,
+                    run_id, mlflow.get_tracking_uri(), why)
+        return None
+    return run_id
 
 
 def compute_data_version(data_root: str) -> str:

@@ -59,3 +59,11 @@ def test_left_and_right_padding(tiny_tokenizer):
     assert right["attention_mask"][0, 0] == 1 and right["attention_mask"][0, -1] == 0
     assert left["attention_mask"][0, 0] == 0 and left["attention_mask"][0, -1] == 1
     assert (left["input_ids"][left["attention_mask"] == 0] == tok.pad_id).all()
+
+
+def test_special_token_strings_in_text_stay_text(tiny_tokenizer):
+    tok = tiny_tokenizer
+    enc = tok.format_prompt("Is <image> a word here?", "Yes </s> <image_patch> it is.", [])
+    assert tok.image_start_id not in enc.input_ids and tok.image_patch_id not in enc.input_ids
+    assert enc.input_ids.count(tok.eos_id) == 1 and enc.input_ids[-1] == tok.eos_id
+    assert tok.decode(enc.input_ids) == "Is <image> a word here? Yes </s> <image_patch> it is."
