@@ -68,9 +68,12 @@ def _data(args: argparse.Namespace) -> int:
     if args.action == "version":
         print(versioning.data_version(root, args.target))
         return 0
-    if args.remote_url:
+    import os
+
+    remote_url = args.remote_url or os.environ.get("RADFM_DVC_REMOTE_URL")
+    if remote_url:
         versioning.init_repo(root)
-        versioning.configure_remote(root, args.remote_url, local=True)
+        versioning.configure_remote(root, remote_url, local=True)
     if args.action == "add":
         print(versioning.add(root, args.target))
     elif args.action == "push":
@@ -121,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["add", "push", "pull", "version"])
     p.add_argument("--repo", default=".", help="DVC repository root (default: here)")
     p.add_argument("--target", default="data")
-    p.add_argument("--remote-url", default=None, help="s3://bucket/path (endpoint: RADFM_S3_ENDPOINT_URL)")
+    p.add_argument("--remote-url", default=None, help="s3://bucket/path (default: $RADFM_DVC_REMOTE_URL; endpoint: $RADFM_S3_ENDPOINT_URL)")
     p.set_defaults(func=_data)
     return parser
 
