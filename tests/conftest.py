@@ -55,3 +55,6 @@ def tiny_model_for(tiny_cfg):
         return factory.build_model(tiny_cfg, tokenizer)
 
     return build
+
+
+from tests.mlflow_server import mlflow_server  # noqa: E402,F401  (session fixture: a real mlflow server)

@@ -87,6 +87,10 @@ class RunTracker:
 
         check_server(tracking_uri or "")
         mlflow.set_tracking_uri(tracking_uri)
+        remote = (tracking_uri or "").startswith(("http://", "https://"))
+        if remote and artifact_location and "://" not in artifact_location:
+            # A server stores artifacts itself (mlflow-artifacts:/); a local folder here would bypass it.
+            artifact_location = None
         exp_id = ensure_experiment(experiment, artifact_location)
         nested = mlflow.active_run() is not None
         # An active run is the parent (MLflow nests under it); otherwise the sweep's parent, if one is named.
