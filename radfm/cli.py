@@ -84,6 +84,26 @@ def _data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from radfm.data.cache import TensorCache
+    from radfm.data.transforms import TransformConfig
+    from radfm.eval.radbench import EvalConfig, evaluate, summary_markdown
+    from radfm.model.checkpoint import load_pretrained
+
+    model, tokenizer = load_pretrained(args.model)
+    manifest = Path(args.manifest)
+    cfg = EvalConfig(manifest=str(manifest), data_root=args.data_root or str(manifest.parent), split=args.split,
+                     batch_size=args.batch_size, limit=args.limit, ablate=not args.no_ablate,
+                     embedding=not args.no_embedding,
+                     transform=TransformConfig(image_size=model.cfg.vision.image_size, augment=False))
+    summary = evaluate(model, tokenizer, cfg, args.out, cache=TensorCache())
+    print(summary_markdown(summary).split("## per family")[0])
+    print(f"per-sample CSV, summary and report.html in {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="radfm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -103,6 +123,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", default=None, help="local LLaMA tokenizer directory")
     p.add_argument("--lenient", action="store_true", help="report unmapped keys instead of failing")
     p.set_defaults(func=_import_checkpoint)
+
+    p = sub.add_parser("eval", help="RadBench: score a checkpoint beside blind and image-ablated baselines")
+    p.add_argument("--model", required=True, help="checkpoint directory (radfm save_pretrained)")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--data-root", default=None, help="default: the manifest's folder")
+    p.add_argument("--out", required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--no-ablate", action="store_true")
+    p.add_argument("--no-embedding", action="store_true")
+    p.set_defaults(func=_eval)
 
     p = sub.add_parser("synth", help="generate MedMD-synth (see `radfm synth --help`)", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)

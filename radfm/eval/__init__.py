@@ -1,0 +1,1 @@
+"""RadBench evaluation: tasks, generation, metrics and the benchmark report."""

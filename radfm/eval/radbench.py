@@ -1,0 +1,207 @@
+"""RadBench: every test sample answered by the model, the blind baseline and the image-ablated model, scored
+per task and per question family, so each score stands beside the two baselines it must beat."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from radfm.data.datamodule import RadFMDataset
+from radfm.data.manifest import Sample, read_manifest
+from radfm.data.synth import best_constant
+from radfm.data.transforms import TransformConfig
+from radfm.eval import metrics as M
+from radfm.eval.predict import Prediction, predict
+
+log = logging.getLogger(__name__)
+
+TEXT_TASKS = ("report", "rationale")
+SYSTEMS = ("model", "blind", "ablated")
+
+
+@dataclass
+class EvalConfig:
+    manifest: str
+    data_root: str
+    split: str = "test"
+    batch_size: int = 16
+    max_new_tokens: int = 128
+    limit: int | None = None
+    ablate: bool = True
+    embedding: bool = True
+    transform: TransformConfig = field(default_factory=TransformConfig)
+
+
+def family(s: Sample) -> str:
+    return str((s.meta or {}).get("family") or s.task)
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().strip().rstrip(".").split())
+
+
+def blind_answers(train: Sequence[Sample], test: Sequence[Sample]) -> list[Prediction]:
+    """The best image-blind answer per family, fitted on train: the majority answer, or for reports and
+    rationales the constant text with the best mean ROUGE-L against the training answers."""
+    by_family: dict[str, list[str]] = {}
+    for s in train:
+        by_family.setdefault(family(s), []).append(s.answer)
+    const: dict[str, str] = {}
+    for fam, answers in by_family.items():
+        tasks = {s.task for s in train if family(s) == fam}
+        if tasks & set(TEXT_TASKS):
+            const[fam] = best_constant(answers)
+        else:
+            counts = Counter(answers)
+            const[fam] = min(counts, key=lambda a: (-counts[a], a))
+    out = []
+    for s in test:
+        text = const.get(family(s), "")
+        probs = {c: float(c == text) for c in s.choices} if s.choices else {}
+        out.append(Prediction(text, probs))
+    return out
+
+
+def score_group(samples: Sequence[Sample], preds: Sequence[Prediction], embedding: bool = True) -> dict[str, float]:
+    """Metrics of one group of samples that share a task/family."""
+    gold = [s.answer for s in samples]
+    text = [p.text for p in preds]
+    out: dict[str, float] = {"n": float(len(samples))}
+    if samples[0].task in TEXT_TASKS:
+        out.update(M.bleu(text, gold))
+        out["rougeL"] = M.rouge_l(text, gold)
+        out.update(M.clinical_terms(text, gold))
+        if embedding:
+            from radfm.eval.embedding import embedding_similarity
+
+            # ~40 texts/s on a CPU: a fixed, evenly spaced subset of at most 256 pairs keeps eval in budget.
+            step = max(len(text) // 256, 1)
+            out["embedding_sim"] = embedding_similarity(text[::step][:256], gold[::step][:256])
+        truth = [(s.meta or {}).get("findings") for s in samples]
+        if all(t is not None for t in truth):
+            from radfm.eval.findings import findings_f1
+
+            out.update(findings_f1(text, truth))
+        out["headline"] = out.get("findings_f1", out["rougeL"])
+        return out
+    out["accuracy"] = M.accuracy([_norm(t) for t in text], [_norm(g) for g in gold])
+    if samples[0].choices:
+        out["macro_f1"] = M.macro_f1(text, gold)
+        choices = {tuple(sorted(s.choices or ())) for s in samples}
+        if choices == {("no", "yes")}:
+            out["auc"] = M.auc([p.probs.get("yes", 0.0) for p in preds], [int(g == "yes") for g in gold])
+    else:
+        out["token_f1"] = M.token_f1(text, gold)
+        out["token_recall"] = M.token_recall(text, gold)
+        if samples[0].labels is not None and samples[0].task == "diagnosis":
+            res = M.multilabel_f1([set(M.parse_label_list(t)) for t in text],
+                                  [set(s.labels or []) for s in samples])
+            out["multilabel_micro_f1"] = res["micro_f1"]
+    out["headline"] = out["accuracy"]
+    return out
+
+
+def summarise(samples: Sequence[Sample], systems: dict[str, Sequence[Prediction]],
+              embedding: bool = True) -> dict[str, Any]:
+    """``{"tasks": {task: {system: metrics}}, "families": {...}}`` plus a ``beats_both`` verdict per task."""
+    groups: dict[str, dict[str, list[int]]] = {"tasks": {}, "families": {}}
+    for i, s in enumerate(samples):
+        groups["tasks"].setdefault(s.task, []).append(i)
+        groups["families"].setdefault(f"{s.task}/{family(s)}", []).append(i)
+    result: dict[str, Any] = {}
+    for level, by_key in groups.items():
+        result[level] = {}
+        for key, idx in sorted(by_key.items()):
+            entry: dict[str, Any] = {}
+            for name, preds in systems.items():
+                # A task mixes closed and open families: score each family, then average the headlines.
+                fams: dict[str, list[int]] = {}
+                for i in idx:
+                    fams.setdefault(family(samples[i]) + str(bool(samples[i].choices)), []).append(i)
+                scored = [score_group([samples[i] for i in f], [preds[i] for i in f], embedding) for f in fams.values()]
+                if len(scored) == 1:
+                    entry[name] = scored[0]
+                else:
+                    n = sum(x["n"] for x in scored)
+                    entry[name] = {"n": n, "headline": sum(x["headline"] * x["n"] for x in scored) / n}
+            if "blind" in entry and "ablated" in entry:
+                m = entry["model"]["headline"]
+                entry["beats_both"] = bool(m > entry["blind"]["headline"] and m > entry["ablated"]["headline"])
+            result[level][key] = entry
+    return result
+
+
+def evaluate(model: Any, tokenizer: Any, cfg: EvalConfig, out_dir: str | Path, cache: Any = None) -> dict[str, Any]:
+    """Run RadBench on ``cfg.split`` of the manifest; write CSV, summary JSON/Markdown and the HTML report."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    samples = read_manifest(cfg.manifest)
+    test = [s for s in samples if s.split == cfg.split]
+    if not test:
+        raise ValueError(f"the {cfg.split} split of {cfg.manifest} is empty: nothing to evaluate")
+    if cfg.limit:
+        test = test[: cfg.limit]
+    train = [s for s in samples if s.split == "train"] or test
+    ds = RadFMDataset(test, cfg.data_root, tokenizer, cfg.transform, train=False, cache=cache)
+    systems: dict[str, list[Prediction]] = {
+        "model": predict(model, tokenizer, test, ds, cfg.batch_size, cfg.max_new_tokens),
+        "blind": blind_answers(train, test),
+    }
+    if cfg.ablate:
+        systems["ablated"] = predict(model, tokenizer, test, ds, cfg.batch_size, cfg.max_new_tokens, ablate=True)
+    summary = summarise(test, systems, cfg.embedding)
+    write_predictions(out_dir / "predictions.csv", test, systems)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+    (out_dir / "summary.md").write_text(summary_markdown(summary))
+    from radfm.eval.report import write_html_report
+
+    write_html_report(out_dir, test, systems, summary, cfg.data_root)
+    return summary
+
+
+def write_predictions(path: Path, samples: Sequence[Sample], systems: dict[str, Sequence[Prediction]]) -> None:
+    """RadFM's test CSV (Question, Ground Truth, Pred, belong_to) plus the baselines' answers."""
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        extra = [k for k in systems if k != "model"]
+        w.writerow(["id", "Question", "Ground Truth", "Pred", "belong_to", "family", *[f"Pred_{k}" for k in extra]])
+        for i, s in enumerate(samples):
+            w.writerow([s.id, s.question, s.answer, systems["model"][i].text, s.task, family(s),
+                        *[systems[k][i].text for k in extra]])
+
+
+def headline_table(summary: dict[str, Any], level: str = "tasks") -> list[list[str]]:
+    rows = [["task", "n", "model", "blind", "image-ablated", "beats both"]]
+    for key, entry in summary[level].items():
+        m = entry["model"]
+        rows.append([key, str(int(m["n"])), f"{m['headline']:.3f}",
+                     f"{entry['blind']['headline']:.3f}" if "blind" in entry else "-",
+                     f"{entry['ablated']['headline']:.3f}" if "ablated" in entry else "-",
+                     {True: "yes", False: "NO"}.get(entry.get("beats_both"), "-")])
+    return rows
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    lines = ["# RadBench", "",
+             "Headline per task: accuracy for closed and short answers (likelihood-ranked when the row has "
+             "choices), findings F1 for reports and rationales (ROUGE-L where no structured truth exists). Blind = "
+             "the best image-free answer fitted on train; image-ablated = this model with every image zeroed.", ""]
+    for level in ("tasks", "families"):
+        table = headline_table(summary, level)
+        lines += [f"## per {level[:-1]}", "", "| " + " | ".join(table[0]) + " |",
+                  "|" + "---|" * len(table[0])]
+        lines += ["| " + " | ".join(r) + " |" for r in table[1:]] + [""]
+    lines += ["## all metrics (model)", ""]
+    for key, entry in summary["families"].items():
+        metrics = ", ".join(f"{k} {v:.3f}" for k, v in entry["model"].items() if k not in ("n",) and
+                            isinstance(v, float) and not np.isnan(v))
+        lines.append(f"- **{key}**: {metrics}")
+    return "\n".join(lines) + "\n"
