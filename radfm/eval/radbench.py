@@ -205,3 +205,26 @@ def summary_markdown(summary: dict[str, Any]) -> str:
                             isinstance(v, float) and not np.isnan(v))
         lines.append(f"- **{key}**: {metrics}")
     return "\n".join(lines) + "\n"
+
+
+def flat_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    """``radbench/<level>/<key>/<system>/<metric>`` → value, finite numbers only (MLflow refuses NaN keys)."""
+    out: dict[str, float] = {}
+    for level in ("tasks", "families"):
+        for key, entry in summary[level].items():
+            for system in SYSTEMS:
+                for metric, value in entry.get(system, {}).items():
+                    if isinstance(value, float) and np.isfinite(value):
+                        out[f"radbench/{level}/{key}/{system}/{metric}".replace(" ", "_")] = value
+            if "beats_both" in entry:
+                out[f"radbench/{level}/{key}/beats_both"] = float(entry["beats_both"])
+    return out
+
+
+def log_to_mlflow(summary: dict[str, Any], out_dir: str | Path, model_id: str | None = None) -> None:
+    """Log the metrics (against ``model_id`` when the evaluated model is an MLflow LoggedModel) and every
+    output file of the evaluation to the active MLflow run."""
+    import mlflow
+
+    mlflow.log_metrics(flat_metrics(summary), model_id=model_id)
+    mlflow.log_artifacts(str(out_dir), "radbench")
