@@ -1,0 +1,229 @@
+"""The promotion gate: a challenger version replaces the ``champion`` alias only when its RadBench scores pass.
+
+Metric keys are ``<task>.<metric>`` (``<task>`` alone means its headline); ``*`` means every task's headline
+and ``*.<metric>`` that metric of every task. The most specific key wins. The decision and both score tables
+are written to the challenger version (tags + one description line) before the alias moves; moving
+``champion`` is the last write, so a failure part-way never leaves a half-promoted version, and a retry
+repeats the same decision without duplicating anything.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from radfm.registry.registry import (
+    CHALLENGER,
+    CHAMPION,
+    DEFAULT_NAME,
+    RegistryError,
+    client,
+    read_scores,
+    version_by_alias,
+)
+
+log = logging.getLogger(__name__)
+
+
+class MissingMetricsError(ValueError):
+    """A version has no RadBench scores in the registry: it cannot be compared or promoted."""
+
+
+@dataclass
+class Gate:
+    required_tasks: list[str] = field(default_factory=list)
+    min_gain: dict[str, float] = field(default_factory=dict)
+    max_regression: dict[str, float] = field(default_factory=lambda: {"*": 0.02})
+    floors: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> Gate:
+        d = dict(d or {})
+        unknown = set(d) - {"required_tasks", "min_gain", "max_regression", "floors"}
+        if unknown:
+            raise ValueError(f"unknown gate field(s) {sorted(unknown)}: use required_tasks, min_gain, "
+                             "max_regression, floors")
+        return cls(**{k: (list(v) if k == "required_tasks" else {str(a): float(b) for a, b in dict(v).items()})
+                      for k, v in d.items()})
+
+
+@dataclass
+class Decision:
+    promoted: bool
+    reason: str
+    challenger: dict[str, Any]
+    champion: dict[str, Any] | None
+    version: str = ""
+    champion_version: str | None = None
+    checks: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _lookup(rules: dict[str, float], task: str, metric: str) -> float | None:
+    for key in (f"{task}.{metric}", *((task,) if metric == "headline" else ()), f"*.{metric}",
+                *(("*",) if metric == "headline" else ())):
+        if key in rules:
+            return rules[key]
+    return None
+
+
+def _keys(rules: dict[str, float], tasks: set[str]) -> set[tuple[str, str]]:
+    """The (task, metric) pairs that ``rules`` names, expanded over ``tasks``."""
+    out = set()
+    for key in rules:
+        task, _, metric = key.partition(".")
+        metric = metric or "headline"
+        out |= {(t, metric) for t in sorted(tasks)} if task == "*" else {(task, metric)}
+    return out
+
+
+def _validate(gate: Gate, scores: dict[str, dict[str, Any]], what: str) -> None:
+    tasks = set(scores)
+    named = set(gate.required_tasks) | {k.partition(".")[0] for r in (gate.min_gain, gate.max_regression,
+                                                                       gate.floors) for k in r} - {"*"}
+    unknown = sorted(named - tasks)
+    if unknown:
+        raise ValueError(f"unknown task(s) {unknown} in the promotion gate: {what} has RadBench scores for "
+                         f"{sorted(tasks)}")
+
+
+def _scores(mv: Any, name: str) -> dict[str, dict[str, Any]]:
+    scores = read_scores(mv.tags or {})
+    if not scores:
+        raise MissingMetricsError(
+            f"{name} version {mv.version} has no RadBench metrics (no 'radbench.*' tags): log the model with "
+            "log_pyfunc(..., radbench_summary=...) and register it again; nothing was promoted")
+    return scores
+
+
+def evaluate_gate(gate: Gate, challenger: dict[str, dict[str, Any]],
+                  champion: dict[str, dict[str, Any]] | None) -> tuple[bool, list[str], list[str]]:
+    """``(passed, failures, checks)`` — pure: no registry access."""
+    failures: list[str] = []
+    checks: list[str] = []
+    for task in gate.required_tasks:
+        ok = bool(challenger[task].get("beats_both"))
+        checks.append(f"{task} beats blind and image-ablated: {'yes' if ok else 'no'}")
+        if not ok:
+            failures.append(f"required task {task} does not beat both baselines")
+    if champion is None:
+        for task, metric in sorted(_keys(gate.floors, set(challenger))):
+            floor = _lookup(gate.floors, task, metric)
+            value = challenger.get(task, {}).get(metric)
+            if value is None:
+                failures.append(f"{task}.{metric} is missing (floor {floor:g})")
+                continue
+            checks.append(f"{task}.{metric} {value:.4f} >= floor {floor:.4f}")
+            if value < floor:
+                failures.append(f"{task}.{metric} {value:.4f} is below the floor {floor:.4f}")
+        return not failures, failures, checks
+    common = set(challenger) & set(champion)
+    pairs = {(t, "headline") for t in common} | _keys(gate.min_gain, common) | _keys(gate.max_regression, common)
+    for task, metric in sorted(pairs):
+        new, old = challenger.get(task, {}).get(metric), champion.get(task, {}).get(metric)
+        if new is None or old is None:
+            if _lookup(gate.min_gain, task, metric) is not None or _lookup(gate.max_regression, task, metric) \
+                    is not None:
+                failures.append(f"{task}.{metric} is missing from the "
+                                f"{'challenger' if new is None else 'champion'}")
+            continue
+        delta = new - old
+        gain = _lookup(gate.min_gain, task, metric)
+        regression = _lookup(gate.max_regression, task, metric)
+        checks.append(f"{task}.{metric} {old:.4f} -> {new:.4f} ({delta:+.4f})")
+        if gain is not None and delta < gain:
+            failures.append(f"{task}.{metric} gained {delta:+.4f}, needs at least {gain:+.4f}")
+        if regression is not None and delta < -regression:
+            failures.append(f"{task}.{metric} regressed {delta:+.4f}, allowed at most -{regression:.4f}")
+    return not failures, failures, checks
+
+
+def _table(scores: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {t: {k: (round(v, 6) if isinstance(v, float) else v) for k, v in sorted(m.items())}
+            for t, m in sorted(scores.items())}
+
+
+def promote(name: str = DEFAULT_NAME, version: str | int | None = None, gate: Gate | None = None,
+            tracking_uri: str | None = None) -> Decision:
+    """Compare ``version`` (default: the ``challenger`` alias) with the ``champion`` under ``gate`` and move
+    ``champion`` to it when the gate passes. Raises :class:`MissingMetricsError`, ``ValueError`` (unknown
+    task in the gate), :class:`RegistryError` or ``ConnectionError``; none of them changes an alias."""
+    from mlflow.exceptions import MlflowException
+
+    gate = gate or Gate()
+    c = client(tracking_uri)
+    try:
+        if version is None:
+            mv = version_by_alias(c, name, CHALLENGER)
+            if mv is None:
+                raise RegistryError(f"registered model {name!r} has no '{CHALLENGER}' alias: register a version "
+                                    "first or pass the version to promote")
+        else:
+            mv = c.get_model_version(name, str(version))
+        champ = version_by_alias(c, name, CHAMPION)
+    except MlflowException as exc:
+        raise RegistryError(f"cannot read {name} from the registry at {c.tracking_uri}: {exc.message}") from None
+    challenger = _scores(mv, name)
+    _validate(gate, challenger, f"{name} version {mv.version}")
+    if champ is not None and str(champ.version) == str(mv.version):
+        return Decision(False, "already champion", _table(challenger), _table(challenger), str(mv.version),
+                        str(champ.version))
+    champion = _scores(champ, name) if champ is not None else None
+
+    passed, failures, checks = evaluate_gate(gate, challenger, champion)
+    against = f"version {champ.version}" if champ is not None else "the absolute floors (no champion yet)"
+    if passed:
+        reason = f"passed the gate against {against}"
+    else:
+        reason = f"failed the gate against {against}: " + "; ".join(failures)
+    decision = Decision(passed, reason, _table(challenger), _table(champion) if champion else None,
+                        str(mv.version), str(champ.version) if champ is not None else None, checks)
+    _record(c, name, mv, decision, gate)
+    if passed:
+        # The only write that changes who is champion, and the last one.
+        c.set_registered_model_alias(name, CHAMPION, mv.version)
+        log.info("%s version %s is now %s (%s)", name, mv.version, CHAMPION, reason)
+    else:
+        log.info("%s version %s not promoted: %s", name, mv.version, reason)
+    return decision
+
+
+def _record(c: Any, name: str, mv: Any, decision: Decision, gate: Gate) -> None:
+    """Decision tags + one description line on the challenger; rewriting the same decision is a no-op."""
+    tags = {
+        "promotion.decision": "promoted" if decision.promoted else "rejected",
+        "promotion.reason": decision.reason[:5000],
+        "promotion.compared_to": decision.champion_version or "floors",
+        "promotion.gate": json.dumps(asdict(gate), sort_keys=True)[:5000],
+        "promotion.challenger_scores": json.dumps(decision.challenger, sort_keys=True)[:5000],
+        "promotion.champion_scores": json.dumps(decision.champion, sort_keys=True)[:5000],
+    }
+    current = mv.tags or {}
+    for key, value in tags.items():
+        if current.get(key) != value:
+            c.set_model_version_tag(name, mv.version, key, value)
+    line = f"[promotion vs {decision.champion_version or 'floors'}] " \
+           f"{'PROMOTED' if decision.promoted else 'REJECTED'}: {decision.reason}"
+    description = mv.description or ""
+    if line not in description.splitlines():
+        c.update_model_version(name, mv.version, description=(description + "\n" + line).strip())
+
+
+def history(name: str = DEFAULT_NAME, tracking_uri: str | None = None) -> list[dict[str, Any]]:
+    """Every version's promotion record, oldest first (read back from the registry)."""
+    c = client(tracking_uri)
+    versions = sorted(c.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
+    out = []
+    for mv in versions:
+        tags = mv.tags or {}
+        out.append({"version": str(mv.version), "aliases": list(mv.aliases or []),
+                    "decision": tags.get("promotion.decision"), "reason": tags.get("promotion.reason"),
+                    "compared_to": tags.get("promotion.compared_to"),
+                    "challenger_scores": json.loads(tags.get("promotion.challenger_scores", "null")),
+                    "champion_scores": json.loads(tags.get("promotion.champion_scores", "null")),
+                    "description": mv.description or ""})
+    return out

@@ -1,0 +1,192 @@
+"""The trained model as an MLflow pyfunc: a DataFrame of prompts + images in, one text answer per row out.
+
+Logged as an MLflow 3 ``LoggedModel`` whose artifact is the checkpoint directory of
+:func:`radfm.model.checkpoint.save_pretrained`; the RadBench metrics are logged against its model id so the
+registry version made from it, the run and the benchmark stay joined.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_NEW_TOKENS = 64
+SUMMARY_ARTIFACT = "radbench/summary.json"
+TAG_PREFIX = "radbench."
+
+
+class RadFMPyfunc(mlflow.pyfunc.PythonModel):
+    """``predict(DataFrame[prompt: str, images: list[path] | JSON list | array], params={max_new_tokens})``
+    → ``list[str]``. Every image of a row is placed at the start of its prompt; decoding is greedy."""
+
+    def load_context(self, context: Any) -> None:
+        from radfm.model.checkpoint import load_pretrained
+
+        self.model, self.tokenizer = load_pretrained(context.artifacts["checkpoint"])
+
+    # No type hints here: MLflow would try (and fail) to derive a schema from them; signature() is explicit.
+    def predict(self, context, model_input, params=None):
+        import torch
+
+        from radfm.data.transforms import TransformConfig, preprocess
+
+        df = _as_frame(model_input)
+        default_tokens = int((params or {}).get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS)
+        tcfg = TransformConfig(image_size=self.model.cfg.vision.image_size, augment=False)
+        answers: list[str] = []
+        for row_no, row in enumerate(df.to_dict("records")):
+            prompt = row.get("prompt")
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise ValueError(f"row {row_no}: 'prompt' must be a non-empty string, got {prompt!r}")
+            tokens = row.get("max_new_tokens")
+            tokens = default_tokens if tokens is None or (isinstance(tokens, float) and math.isnan(tokens)) \
+                else int(tokens)
+            with tempfile.TemporaryDirectory(prefix="radfm-pyfunc-") as tmp:
+                paths = image_paths(row.get("images"), row_no, Path(tmp))
+                images = [preprocess(p, tcfg, sample_id=f"row {row_no}") for p in paths]
+            enc = self.tokenizer.format_prompt(prompt, None, ["start"] * len(images))
+            batch = self.tokenizer.pad([enc], side="left")
+            with torch.no_grad():
+                new = self.model.generate(batch["input_ids"], batch["attention_mask"], images or None,
+                                          max_new_tokens=tokens, eos_token_id=self.tokenizer.eos_id,
+                                          pad_token_id=self.tokenizer.pad_id)
+            answers.append(self.tokenizer.decode(new[0].tolist()))
+        return answers
+
+
+def _as_frame(model_input: Any) -> pd.DataFrame:
+    if isinstance(model_input, pd.DataFrame):
+        return model_input
+    if isinstance(model_input, dict):
+        return pd.DataFrame([model_input] if isinstance(model_input.get("prompt"), str) else model_input)
+    if isinstance(model_input, list):
+        return pd.DataFrame(model_input)
+    raise TypeError(f"radfm pyfunc input must be a DataFrame with 'prompt' and 'images', got "
+                    f"{type(model_input).__name__}")
+
+
+def image_paths(value: Any, row_no: int, tmp: Path) -> list[str]:
+    """The images of one row as file paths: a list of paths, a JSON list, one path, or arrays (written to
+    ``tmp`` as ``.npy``, read back by the same reader as files)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return []
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"row {row_no}: 'images' is not a JSON list of paths: {exc}") from None
+        else:
+            value = [text] if text else []
+    if isinstance(value, np.ndarray) and value.dtype.kind in "fiub":
+        value = [value]  # one image given as an array
+    out: list[str] = []
+    for k, item in enumerate(list(value)):
+        if isinstance(item, np.ndarray) and item.dtype.kind in "fiub" or isinstance(item, list) and item \
+                and not isinstance(item[0], str):
+            path = tmp / f"image_{k}.npy"
+            np.save(path, np.asarray(item, dtype=np.float32))
+            out.append(str(path))
+        elif isinstance(item, (str, Path)):
+            out.append(str(item))
+        else:
+            raise ValueError(f"row {row_no}: image {k} is neither a file path nor an array ({type(item).__name__})")
+    return out
+
+
+def signature() -> Any:
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
+    from mlflow.types.schema import Array
+
+    inputs = Schema([ColSpec(DataType.string, "prompt"), ColSpec(Array(DataType.string), "images")])
+    outputs = Schema([ColSpec(DataType.string, "answer")])
+    params = ParamSchema([ParamSpec("max_new_tokens", DataType.long, DEFAULT_MAX_NEW_TOKENS)])
+    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
+
+
+def radbench_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    """``{"<task>.<system>.<metric>": value, "<task>.beats_both": 0/1}`` from a RadBench summary (tasks level)."""
+    tasks = summary.get("tasks") if isinstance(summary, dict) else None
+    if not tasks:
+        raise ValueError("the RadBench summary has no 'tasks': pass the dict returned by radfm.eval.radbench."
+                         "evaluate (or its summary.json)")
+    out: dict[str, float] = {}
+    for task, entry in tasks.items():
+        for system, metrics in entry.items():
+            if isinstance(metrics, dict):
+                for key, value in metrics.items():
+                    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                        out[f"{task}.{system}.{key}"] = float(value)
+        if "beats_both" in entry:
+            out[f"{task}.beats_both"] = float(bool(entry["beats_both"]))
+    return out
+
+
+def log_pyfunc(checkpoint_dir: str | Path, name: str = "model",
+               input_example_images: Sequence[str | Path] | None = None,
+               radbench_summary: dict[str, Any] | None = None,
+               prompt_example: str = "Which modality is this image?") -> Any:
+    """Log the checkpoint as a pyfunc ``LoggedModel`` (in the active run, or a new one) → ``ModelInfo``.
+
+    ``radbench_summary`` is logged as metrics of the model id (``<task>.<system>.<metric>``), as model params
+    and tags, and as ``radbench/summary.json`` in the run's artifacts; :func:`radfm.registry.registry.register`
+    copies the headlines to the registry version.
+    """
+    from radfm.model.checkpoint import CONFIG, TOKENIZER, WEIGHTS
+
+    ckpt = Path(checkpoint_dir).resolve()
+    for part in (WEIGHTS, CONFIG, TOKENIZER):
+        if not (ckpt / part).exists():
+            raise FileNotFoundError(f"{ckpt} is not a radfm checkpoint directory: {part} is missing "
+                                    "(write one with radfm.model.checkpoint.save_pretrained)")
+    flat = radbench_metrics(radbench_summary) if radbench_summary is not None else {}
+    example = None
+    if input_example_images:
+        missing = [str(p) for p in input_example_images if not Path(p).is_file()]
+        if missing:
+            raise FileNotFoundError(f"input example image(s) not found: {', '.join(missing)}")
+        example = pd.DataFrame({"prompt": [prompt_example],
+                                "images": [[str(Path(p).resolve()) for p in input_example_images]]})
+    started = mlflow.active_run() is None
+    run = mlflow.start_run(run_name="radfm-model") if started else mlflow.active_run()
+    try:
+        tags = {"radfm.model": "pyfunc", "radfm.has_radbench": str(bool(flat)).lower()}
+        info = mlflow.pyfunc.log_model(
+            name=name, python_model=RadFMPyfunc(), artifacts={"checkpoint": str(ckpt)}, signature=signature(),
+            input_example=example, tags=tags, pip_requirements=_requirements(),
+        )
+        if flat:
+            mlflow.log_metrics(flat, model_id=info.model_id, run_id=run.info.run_id)
+            mlflow.log_dict(radbench_summary, SUMMARY_ARTIFACT, run_id=run.info.run_id)
+            mlflow.set_logged_model_tags(info.model_id, {f"{TAG_PREFIX}summary_artifact":
+                                                         f"runs:/{run.info.run_id}/{SUMMARY_ARTIFACT}"})
+    finally:
+        if started:
+            mlflow.end_run()
+    return info
+
+
+def _requirements() -> list[str]:
+    """Pinned from this environment (inferring them would load the model in a subprocess)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    reqs = []
+    for pkg in ("mlflow", "torch", "transformers", "safetensors", "tokenizers", "numpy", "pandas", "einops"):
+        try:
+            reqs.append(f"{pkg}=={version(pkg)}")
+        except PackageNotFoundError:
+            continue
+    return reqs

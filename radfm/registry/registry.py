@@ -1,0 +1,167 @@
+"""Register a logged radfm pyfunc as a new version of the registered model and make it the ``challenger``.
+
+The version's RadBench scores are copied to version tags (``radbench.<task>.<metric>`` for the model's own
+metrics, ``radbench.<task>.blind_headline`` / ``ablated_headline`` / ``beats_both`` for the baselines), so the
+promotion gate reads them from the registry alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from radfm.registry.tracking import check_server
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NAME = "radfm"
+CHALLENGER = "challenger"
+CHAMPION = "champion"
+TAG_PREFIX = "radbench."
+
+
+class RegistryError(RuntimeError):
+    """The registry cannot do what was asked (unreachable, unknown model/version/alias)."""
+
+
+def client(tracking_uri: str | None = None) -> Any:
+    """An ``MlflowClient`` for ``tracking_uri`` (registry on the same store), after a fast health probe."""
+    import mlflow
+
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    health_check(uri)
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def health_check(tracking_uri: str | None, timeout: float = 3.0) -> None:
+    """Raise :class:`ConnectionError` within ``timeout`` seconds when an http(s) tracking server is down."""
+    check_server(tracking_uri or "", timeout=timeout)
+
+
+def radbench_tags(metrics: dict[str, float]) -> dict[str, str]:
+    """Flat LoggedModel metrics (``<task>.<system>.<metric>``, ``<task>.beats_both``) → version tags."""
+    tags: dict[str, str] = {}
+    for key, value in metrics.items():
+        parts = key.split(".")
+        if len(parts) == 2 and parts[1] == "beats_both":
+            tags[f"{TAG_PREFIX}{parts[0]}.beats_both"] = "true" if value else "false"
+        elif len(parts) == 3 and parts[1] == "model":
+            tags[f"{TAG_PREFIX}{parts[0]}.{parts[2]}"] = repr(float(value))
+        elif len(parts) == 3 and parts[2] == "headline":
+            tags[f"{TAG_PREFIX}{parts[0]}.{parts[1]}_headline"] = repr(float(value))
+    return tags
+
+
+def read_scores(tags: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Version tags → ``{task: {metric: float, "beats_both": bool}}`` (empty when the version has none)."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in tags.items():
+        m = re.fullmatch(re.escape(TAG_PREFIX) + r"(.+)\.([^.]+)", key)
+        if not m:
+            continue
+        task, metric = m.groups()
+        out.setdefault(task, {})[metric] = value == "true" if metric == "beats_both" else float(value)
+    return out
+
+
+def _model_id(model_info_or_uri: Any) -> str:
+    model_id = getattr(model_info_or_uri, "model_id", None)
+    if model_id:
+        return str(model_id)
+    uri = str(model_info_or_uri)
+    m = re.fullmatch(r"models:/(m-[0-9a-f]+)", uri)
+    if m:
+        return m.group(1)
+    if re.fullmatch(r"m-[0-9a-f]+", uri):
+        return uri
+    raise ValueError(f"cannot register {uri!r}: pass the ModelInfo from log_pyfunc or 'models:/<model_id>'")
+
+
+def register(model_info_or_uri: Any, name: str = DEFAULT_NAME, tracking_uri: str | None = None,
+             description: str | None = None) -> Any:
+    """Register the LoggedModel as a new version of ``name``; it becomes the ``challenger`` → ``ModelVersion``."""
+    from mlflow.exceptions import MlflowException
+
+    c = client(tracking_uri)
+    model_id = _model_id(model_info_or_uri)
+    try:
+        logged = c.get_logged_model(model_id)
+    except MlflowException as exc:
+        raise RegistryError(f"no logged model {model_id} in {c.tracking_uri}: {exc.message}") from None
+    metrics = {m.key: m.value for m in (logged.metrics or [])}
+    tags = radbench_tags(metrics)
+    if not tags:
+        log.warning("logged model %s has no RadBench metrics: it can be registered but never promoted", model_id)
+    tags["radfm.model_id"] = model_id
+    try:
+        c.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+    mv = c.create_model_version(name, source=f"models:/{model_id}", run_id=logged.source_run_id, tags=tags,
+                                description=description, model_id=model_id)
+    c.set_registered_model_alias(name, CHALLENGER, mv.version)
+    log.info("registered %s version %s (%s) as %s", name, mv.version, model_id, CHALLENGER)
+    return c.get_model_version(name, mv.version)
+
+
+def version_by_alias(c: Any, name: str, alias: str) -> Any | None:
+    """The version behind ``alias``, or None when the alias (or the model) does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return c.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
+def default_tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI``, else the SQLite store under RADFM_HOME (what training logs to by default)."""
+    import os
+
+    from radfm.paths import radfm_home
+
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{radfm_home() / 'mlflow.db'}"
+
+
+def register_checkpoint(checkpoint_dir: str | Path, radbench_summary: dict[str, Any] | str | Path | None,
+                        name: str = DEFAULT_NAME, tracking_uri: str | None = None, experiment: str = "radfm",
+                        input_example_images: Sequence[str | Path] | None = None) -> Any:
+    """Log ``checkpoint_dir`` as a pyfunc LoggedModel with its RadBench summary (a dict or ``summary.json``)
+    and register it as the new ``challenger`` of ``name`` → ``ModelVersion``. What ``radfm register`` does."""
+    import mlflow
+
+    from radfm.paths import home_path
+    from radfm.registry.pyfunc import log_pyfunc
+    from radfm.registry.tracking import ensure_experiment
+
+    summary = radbench_summary
+    if isinstance(summary, (str, Path)):
+        path = Path(summary)
+        if path.is_dir():
+            path = path / "summary.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"RadBench summary {path} does not exist: run `radfm eval` first")
+        summary = json.loads(path.read_text())
+    uri = tracking_uri or default_tracking_uri()
+    health_check(uri)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        remote = uri.startswith(("http://", "https://"))
+        exp_id = ensure_experiment(experiment, None if remote else str(home_path("mlartifacts")))
+        if mlflow.active_run() is None:
+            with mlflow.start_run(experiment_id=exp_id, run_name="radfm-register"):
+                info = log_pyfunc(checkpoint_dir, input_example_images=input_example_images,
+                                  radbench_summary=summary)
+        else:
+            info = log_pyfunc(checkpoint_dir, input_example_images=input_example_images, radbench_summary=summary)
+        return register(info, name=name, tracking_uri=uri)
+    finally:
+        mlflow.set_tracking_uri(previous)
