@@ -104,6 +104,42 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _register(args: argparse.Namespace) -> int:
+    from radfm.registry.registry import default_tracking_uri, register_checkpoint
+
+    version = register_checkpoint(args.checkpoint, args.radbench, name=args.name,
+                                  tracking_uri=default_tracking_uri())
+    print(f"registered {args.name} version {version.version} as challenger")
+    return 0
+
+
+def _promote(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    from radfm.registry.promotion import Gate, promote
+    from radfm.registry.registry import default_tracking_uri
+
+    gate = None
+    if args.gate:
+        text = Path(args.gate).read_text()
+        gate = Gate.from_dict(json.loads(text) if args.gate.endswith(".json") else yaml.safe_load(text))
+    decision = promote(args.name, version=args.version, gate=gate, tracking_uri=default_tracking_uri())
+    print(f"{'PROMOTED' if decision.promoted else 'not promoted'}: {decision.reason}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from radfm.registry.inference import predict
+    from radfm.registry.registry import default_tracking_uri
+
+    print(predict(args.model, args.prompt, args.image, max_new_tokens=args.max_new_tokens,
+                  tracking_uri=default_tracking_uri()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="radfm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -135,6 +171,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ablate", action="store_true")
     p.add_argument("--no-embedding", action="store_true")
     p.set_defaults(func=_eval)
+
+    p = sub.add_parser("register", help="log a checkpoint as an MLflow model and register it as challenger")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--radbench", required=True, help="radfm eval output folder or its summary.json")
+    p.add_argument("--name", default="radfm")
+    p.set_defaults(func=_register)
+
+    p = sub.add_parser("promote", help="move `champion` to the challenger if it passes the gate")
+    p.add_argument("--name", default="radfm")
+    p.add_argument("--version", default=None)
+    p.add_argument("--gate", default=None, help="gate as YAML/JSON (required_tasks, min_gain, max_regression, floors)")
+    p.set_defaults(func=_promote)
+
+    p = sub.add_parser("predict", help="answer a prompt about one or more images with a registered model")
+    p.add_argument("--model", default="models:/radfm@champion")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--image", action="append", default=[], help="an image or scan (repeatable)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.set_defaults(func=_predict)
 
     p = sub.add_parser("synth", help="generate MedMD-synth (see `radfm synth --help`)", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
