@@ -10,6 +10,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
+from radfm.data.manifest import TASKS
 from radfm.model import factory
 from radfm.model.config import RadFMConfig
 from radfm.model.multimodal import RadFMModel
@@ -66,13 +67,23 @@ class RadFMLitModule(L.LightningModule):
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=bs, sync_dist=stage != "train")
         # Per task family: the plain (unweighted) answer loss of the rows of that task.
         row_loss = (per_token * mask).sum(1) / mask.sum(1).clamp_min(1.0)
-        for task in sorted(set(batch.get("tasks", []))):
+        tasks = sorted(set(batch.get("tasks", [])))
+        if stage != "train" and self.trainer is not None and self.trainer.world_size > 1:
+            tasks = self._tasks_on_any_rank(tasks)  # synced keys must be the same on every rank
+        for task in tasks:
             rows = torch.tensor([t == task for t in batch["tasks"]], device=row_loss.device)
-            self.log(f"{stage}/loss_{task}", row_loss[rows].mean(), batch_size=int(rows.sum()),
-                     sync_dist=stage != "train")
+            n = int(rows.sum())
+            self.log(f"{stage}/loss_{task}", row_loss[rows].mean() if n else row_loss.new_zeros(()),
+                     batch_size=n, sync_dist=stage != "train")
         if stage == "train":
             self.log("train/answer_tokens", mask.sum(), reduce_fx="sum", batch_size=bs)
         return loss
+
+    def _tasks_on_any_rank(self, tasks: list[str]) -> list[str]:
+        """The tasks present in this step's batch of any rank (a rank without rows logs weight 0)."""
+        present = torch.tensor([float(t in tasks) for t in TASKS], device=self.device)
+        anywhere = (self.trainer.strategy.reduce(present, reduce_op="sum") > 0).tolist()
+        return [t for t, p in zip(TASKS, anywhere, strict=True) if p]
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self._step(batch, "train")

@@ -1,0 +1,330 @@
+"""``train_with_ray(cfg, run_dir)``: the same LightningModule on N Ray Train workers (``TorchTrainer``).
+
+The driver owns the MLflow run (:class:`RunTracker`) and logs what a one-process run logs (config, data
+version, git commit, counts, final metrics, the model directory); rank 0 logs the per-step metrics into that
+same run through ``MLFlowLogger(run_id=…)``.
+
+Checkpoints and resume: every ``trainer.ray.checkpoint_every_n_steps`` optimiser steps all ranks save a
+full Lightning checkpoint (weights, optimizer, scheduler, step, data position) and call ``ray.train.report``;
+rank 0 (and any rank that wrote shard files, under FSDP/DeepSpeed) hands Ray its directory, which Ray copies
+to ``storage_path`` and records as the run's latest checkpoint. When a worker dies, Ray
+(``FailureConfig(max_failures)``) restarts the whole worker group; each new worker takes
+``ray.train.get_checkpoint()`` and passes the ``.ckpt`` inside it to ``Trainer.fit(ckpt_path=…)``, so
+training continues from the last reported step and loses at most one checkpoint interval. The last report
+also holds the ``save_pretrained`` directory, which the driver copies to ``run_dir/model``.
+
+Multi-node: ``run_dir`` (tokenizer, markers), the dataset and ``storage_path`` must be on storage every node
+sees (NFS, or ``s3://`` for ``storage_path``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+log = logging.getLogger(__name__)
+
+CKPT_NAME = "checkpoint.ckpt"  # ray.train.lightning.RayTrainReportCallback.CHECKPOINT_NAME
+MODEL_SUBDIR = "model"
+PIDS_DIR = "worker_pids"  # rank{r}.pid: the process of each live worker (operators and tests kill by it)
+STARTS = "starts.jsonl"  # a line per worker (re)start: rank, pid, resumed_from_step, world_size, threads
+LOCAL_RAY_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",
+    # On Linux Ray binds its node to the first routable interface even for a one-machine instance;
+    # this keeps every Ray port on 127.0.0.1.
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+}
+PATH_KEYS = ("home", "data_dir", "runs_dir", "cache_dir", "checkpoints_dir", "mlflow_artifacts")
+
+
+# ---- driver ---------------------------------------------------------------------------------------------
+def start_local_ray(num_cpus: int | None = None) -> None:
+    """Start a Ray instance on this machine only (loopback, no dashboard, no telemetry, no auth token)."""
+    for key, value in LOCAL_RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    import ray
+    from ray._private import ray_constants
+
+    if os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0":
+        ray_constants.ENABLE_RAY_CLUSTER = False  # read at import; ray may have been imported before us
+    # "local", not None: None would join any `ray start` instance on this machine (another user's, on a
+    # shared box). Without the dashboard Ray's state API is absent and Ray Train's placement-group cleaner
+    # warns about it every second, hence the ERROR level for Ray's own processes; errors reach the driver.
+    ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+             configure_logging=False, logging_config=ray.LoggingConfig(log_level="ERROR"))
+
+
+def connect_ray(rcfg: DictConfig, needed_cpus: float) -> bool:
+    """Connect to ``rcfg.address`` (a cluster) or start a local Ray; True when this call started Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if rcfg.get("address"):
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        ray.init(address=str(rcfg.address), configure_logging=False)
+        return True
+    cpus = int(rcfg.get("local_num_cpus") or os.cpu_count() or 1)
+    if needed_cpus > cpus:
+        log.warning("the workers ask for %s CPUs and this machine has %d: oversubscribing the local Ray",
+                    needed_cpus, cpus)
+        cpus = int(-(-needed_cpus // 1))
+    start_local_ray(cpus)
+    return True
+
+
+def absolute_paths(cfg: DictConfig) -> DictConfig:
+    """A copy whose ``paths.*`` (and the SQLite tracking URI) are absolute: Ray workers have another cwd."""
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        for key in PATH_KEYS:
+            value = cfg.paths.get(key)
+            if value is not None and "://" not in str(value):
+                cfg.paths[key] = str(Path(str(value)).expanduser().resolve())
+        uri = str(cfg.paths.get("mlflow_uri") or "")
+        if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+            cfg.paths.mlflow_uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+    return cfg
+
+
+def param_counts_on_meta(cfg: DictConfig, tokenizer: Any) -> Any:
+    """The module's counts and preset without allocating weights (a 13B run's driver has no GPU)."""
+    import torch
+
+    from radfm.train.module import RadFMLitModule
+    from radfm.train.train import build_model_config
+
+    with torch.device("meta"):
+        return RadFMLitModule(build_model_config(cfg), tokenizer, freeze=cfg.freeze,
+                              lora=OmegaConf.to_container(cfg.lora) if cfg.lora else None)
+
+
+def train_with_ray(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Train as ``cfg`` says on ``cfg.trainer.ray.num_workers`` Ray workers; metrics like :func:`train`."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from radfm.data.cache import TensorCache
+    from radfm.data.datamodule import RadFMDataModule
+    from radfm.model.tokenizer import RadFMTokenizer
+    from radfm.registry.tracking import RunTracker
+    from radfm.train.train import build_data_config, build_model_config
+
+    run_dir = Path(run_dir).resolve()
+    rcfg = cfg.trainer.ray
+    wcfg = absolute_paths(cfg)
+    model_cfg = build_model_config(wcfg)
+    tokenizer = RadFMTokenizer.load(run_dir / "tokenizer", model_cfg.num_image_tokens)
+    # Validate the data once here (it also fills the tensor cache the workers read) before any worker starts.
+    dm = RadFMDataModule(build_data_config(wcfg), tokenizer,
+                         cache=TensorCache(Path(str(wcfg.paths.cache_dir)) / "tensors"),
+                         quarantine_path=run_dir / "quarantine.jsonl")
+    dm.setup()
+    resources = dict(OmegaConf.to_container(rcfg.resources_per_worker, resolve=True) or {})
+    started = connect_ray(rcfg, float(resources.get("CPU", 1)) * int(rcfg.num_workers))
+
+    tracker = RunTracker.from_cfg(cfg, run_dir)
+    try:
+        tracker.log_start(cfg, param_counts_on_meta(wcfg, tokenizer), dm, Path(str(cfg.data.manifest)))
+        storage = str(rcfg.get("storage_path") or run_dir / "ray")
+        name = "train"
+        if cfg.get("ckpt_path") != "last" and "://" not in storage and (Path(storage) / name).exists():
+            # Ray restores a run found under storage_path/name; only ckpt_path=last asks for that.
+            shutil.rmtree(Path(storage) / name)
+        shutil.rmtree(run_dir / PIDS_DIR, ignore_errors=True)  # markers of an earlier run of this name
+        (run_dir / STARTS).unlink(missing_ok=True)
+        loop_config = {
+            "cfg": OmegaConf.to_container(wcfg, resolve=True),
+            "run_dir": str(run_dir),
+            "run_id": tracker.run_id,
+            "tracking_uri": str(wcfg.logger.tracking_uri) if tracker.enabled else None,
+            "data_version": tracker.data_version,
+        }
+        trainer = TorchTrainer(
+            _train_loop_per_worker,
+            train_loop_config=loop_config,
+            scaling_config=ScalingConfig(num_workers=int(rcfg.num_workers), use_gpu=bool(rcfg.use_gpu),
+                                         resources_per_worker=resources or None),
+            run_config=RunConfig(
+                name=name, storage_path=storage,
+                checkpoint_config=CheckpointConfig(num_to_keep=rcfg.get("keep_checkpoints") or None),
+                failure_config=FailureConfig(max_failures=int(rcfg.max_failures)),
+                worker_runtime_env={"env_vars": _worker_env()},
+            ),
+        )
+        result = trainer.fit()
+        if result.checkpoint is None:
+            raise RuntimeError(f"Ray Train finished without a checkpoint; see the logs under {storage}")
+        model_dir = run_dir / MODEL_SUBDIR
+        with result.checkpoint.as_directory() as ckpt_dir:
+            if model_dir.exists():
+                shutil.rmtree(model_dir)
+            shutil.copytree(Path(ckpt_dir) / MODEL_SUBDIR, model_dir)
+        reported = dict(result.metrics or {})
+        metrics = {k: float(v) for k, v in reported.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "epoch")}
+        metrics["global_step"] = float(reported.get("step", 0))
+        tracker.log_end(metrics, model_dir, [])
+    except BaseException:
+        if tracker.enabled:
+            import mlflow
+
+            mlflow.end_run(status="FAILED")
+        raise
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    metrics["run_id"] = tracker.run_id  # type: ignore[assignment]
+    log.info("trained %s on %d Ray workers for %d steps: %s", model_cfg.name, rcfg.num_workers,
+             metrics["global_step"], metrics)
+    return metrics
+
+
+def _worker_env() -> dict[str, str]:
+    env = {k: os.environ[k] for k in ("RAY_USAGE_STATS_ENABLED", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
+                                      "MLFLOW_DISABLE_TELEMETRY") if k in os.environ}
+    import ray
+
+    if ray.util.get_node_ip_address() in ("127.0.0.1", "::1") and "GLOO_SOCKET_IFNAME" not in os.environ:
+        env["GLOO_SOCKET_IFNAME"] = "lo"  # a one-machine Ray: keep the gloo rendezvous on loopback too
+    return env
+
+
+# ---- workers --------------------------------------------------------------------------------------------
+def _train_loop_per_worker(config: dict[str, Any]) -> None:
+    """One Ray Train worker: datamodule and module from the config, Lightning under Ray's strategy."""
+    import lightning as L
+    import ray.train
+    from hydra.utils import instantiate
+    from ray.train.lightning import RayLightningEnvironment, prepare_trainer
+
+    from radfm.data.cache import TensorCache
+    from radfm.data.datamodule import RadFMDataModule
+    from radfm.model.tokenizer import RadFMTokenizer
+    from radfm.paths import configure_caches
+    from radfm.train import train as tr
+    from radfm.train.module import RadFMLitModule
+
+    cfg = OmegaConf.create(config["cfg"])
+    run_dir = Path(config["run_dir"])
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    configure_caches()
+    L.seed_everything(cfg.seed, workers=True)
+    (run_dir / PIDS_DIR).mkdir(parents=True, exist_ok=True)
+    (run_dir / PIDS_DIR / f"rank{rank}.pid").write_text(str(os.getpid()))
+
+    model_cfg = tr.build_model_config(cfg)
+    tokenizer = RadFMTokenizer.load(run_dir / "tokenizer", model_cfg.num_image_tokens)
+    dm = RadFMDataModule(tr.build_data_config(cfg), tokenizer,
+                         cache=TensorCache(Path(str(cfg.paths.cache_dir)) / "tensors"))
+    module = RadFMLitModule(model_cfg, tokenizer, optimizer=instantiate(cfg.optim.optimizer),
+                            scheduler=instantiate(cfg.optim.scheduler), freeze=cfg.freeze,
+                            lora=OmegaConf.to_container(cfg.lora) if cfg.lora else None,
+                            term_weight=cfg.term_weight, seed=cfg.seed)
+    logger: Any = False
+    if rank == 0 and config.get("run_id"):
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        logger = MLFlowLogger(tracking_uri=config["tracking_uri"], run_id=config["run_id"], log_model=False)
+
+    rcfg = cfg.trainer.ray
+    kwargs = {k: v for k, v in tr.build_trainer_kwargs(cfg).items()
+              if k not in ("accelerator", "devices", "strategy")}
+    report = _report_callback(int(rcfg.checkpoint_every_n_steps), run_dir, tokenizer,
+                              {"data_version": config.get("data_version", "unknown")})
+    trainer = L.Trainer(**kwargs, accelerator="gpu" if rcfg.use_gpu else "cpu", devices="auto",
+                        strategy=_strategy(rcfg), plugins=[RayLightningEnvironment()],
+                        use_distributed_sampler=False,  # ModalityBatchSampler shards by rank itself
+                        callbacks=[report], logger=logger, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(run_dir))
+    trainer = prepare_trainer(trainer)
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:  # a fresh run: an explicit ckpt_path (or a one-process run's last.ckpt) if given
+        trainer.fit(module, datamodule=dm, ckpt_path=tr.resolve_ckpt_path(cfg, run_dir))
+        return
+    with checkpoint.as_directory() as ckpt_dir:
+        trainer.fit(module, datamodule=dm, ckpt_path=str(Path(ckpt_dir) / CKPT_NAME))
+
+
+def _strategy(rcfg: DictConfig) -> Any:
+    """Ray's Lightning strategies: DDP (default), or FSDP / DeepSpeed to shard full fine-tuning."""
+    from ray.train import lightning as rl
+
+    name = str(rcfg.get("strategy") or "ddp")
+    given = rcfg.get("strategy_kwargs")
+    kwargs = (OmegaConf.to_container(given, resolve=True) if isinstance(given, DictConfig)
+              else dict(given or {}))
+    table = {"ddp": rl.RayDDPStrategy, "fsdp": rl.RayFSDPStrategy, "deepspeed": rl.RayDeepSpeedStrategy}
+    if name not in table:
+        raise ValueError(f"trainer.ray.strategy={name!r}: choose one of {sorted(table)}")
+    return table[name](**kwargs)
+
+
+def _report_callback(every: int, run_dir: Path, tokenizer: Any, extra: dict[str, Any]) -> Any:
+    """Ray's report callback, reporting every ``every`` steps (and at the end) instead of every epoch."""
+    import ray.train
+    import torch
+    from ray.train import Checkpoint
+    from ray.train.lightning import RayTrainReportCallback
+
+    from radfm.model.checkpoint import save_pretrained
+
+    class StepReportCallback(RayTrainReportCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.last_reported = -1
+
+        def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+            ctx = ray.train.get_context()
+            # global_step is the restored one here: what this start resumed from (0 for a fresh start).
+            line = {"rank": trainer.global_rank, "pid": os.getpid(),
+                    "resumed_from_step": trainer.global_step, "world_size": ctx.get_world_size(),
+                    "torch_threads": torch.get_num_threads(), "time": time.time()}
+            with open(run_dir / STARTS, "a") as f:
+                f.write(json.dumps(line) + "\n")
+            self.last_reported = trainer.global_step
+
+        def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+            pass  # reports go by steps (below), not by epochs
+
+        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
+                               batch_idx: int) -> None:
+            step = trainer.global_step
+            final = trainer.max_steps > 0 and step >= trainer.max_steps
+            if step != self.last_reported and step % every == 0 and not final:
+                self._report(trainer, pl_module, with_model=False)
+
+        def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+            self._report(trainer, pl_module, with_model=True)
+
+        def _report(self, trainer: Any, pl_module: Any, with_model: bool) -> None:
+            step = trainer.global_step
+            metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+            metrics.update(step=step, epoch=trainer.current_epoch)
+            with tempfile.TemporaryDirectory(prefix=f"{Path(self.tmpdir_prefix).name}-{step}-") as tmp:
+                trainer.save_checkpoint(str(Path(tmp) / CKPT_NAME), weights_only=False)  # collective
+                if trainer.global_rank == 0 and with_model:
+                    save_pretrained(pl_module.model, tokenizer, Path(tmp) / MODEL_SUBDIR, extra=extra)
+                # Every rank reports (it is a barrier). Rank 0 carries the checkpoint; under DDP the others
+                # wrote nothing, under sharded strategies their shard files, which Ray merges into one dir.
+                wrote = trainer.global_rank == 0 or any(Path(tmp).iterdir())
+                checkpoint = Checkpoint.from_directory(tmp) if wrote else None
+                ray.train.report(metrics, checkpoint=checkpoint,
+                                 checkpoint_dir_name=f"step-{step:08d}" + ("-final" if with_model else ""))
+            self.last_reported = step
+
+    return StepReportCallback()
