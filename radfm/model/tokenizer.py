@@ -158,7 +158,8 @@ class RadFMTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         special = set(self.hf.all_special_ids)
-        return self.hf.decode([i for i in ids if i not in special]).strip()
+        # int() first: a tensor row yields 0-d tensors, which never compare equal inside a set.
+        return self.hf.decode([int(i) for i in ids if int(i) not in special]).strip()
 
     # ---- prompts ------------------------------------------------------------------------------
     def format_prompt(

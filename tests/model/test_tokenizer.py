@@ -67,3 +67,11 @@ def test_special_token_strings_in_text_stay_text(tiny_tokenizer):
     assert tok.image_start_id not in enc.input_ids and tok.image_patch_id not in enc.input_ids
     assert enc.input_ids.count(tok.eos_id) == 1 and enc.input_ids[-1] == tok.eos_id
     assert tok.decode(enc.input_ids) == "Is <image> a word here? Yes </s> <image_patch> it is."
+
+
+def test_decode_drops_special_tokens_from_tensors_and_lists(tiny_tokenizer):
+    import torch
+
+    tok = tiny_tokenizer
+    ids = tok.encode_text("Yes, a nodule.") + [tok.eos_id, tok.pad_id, tok.pad_id]
+    assert tok.decode(ids) == tok.decode(torch.tensor(ids)) == "Yes, a nodule."
