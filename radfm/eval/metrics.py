@@ -21,10 +21,9 @@ import string
 from collections import Counter
 from collections.abc import Collection, Hashable, Iterable, Sequence
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
-TERMS_FILE = Path(__file__).resolve().parent.parent / "resources" / "radiology_terms.txt"
+from radfm.terms import load_terms
 
 
 # ------------------------------------------------------------------------------------- conventions
@@ -325,13 +324,6 @@ def token_recall(preds: Sequence[str], golds: Sequence[str]) -> float:
 
 
 # ----------------------------------------------------------------------------------- clinical terms
-def load_terms(path: str | Path | None = None) -> list[str]:
-    """The clinical term list (one per line, ``#`` comments); default: the shipped radiology_terms.txt.
-    (Read here rather than through ``radfm.train.terms`` so that evaluation does not import training.)"""
-    lines = Path(path or TERMS_FILE).read_text().splitlines()
-    return [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
-
-
 _GAP = re.compile(r"[\s-]+")
 
 

@@ -12,6 +12,7 @@ from torch import nn
 from radfm.model.config import RadFMConfig
 from radfm.model.multimodal import RadFMModel
 from radfm.model.tokenizer import RadFMTokenizer
+from radfm.terms import load_terms
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +23,7 @@ FREEZE_POLICIES = ("none", "vision", "lm", "adapter_only")
 def default_corpus() -> list[str]:
     """Radiology text shipped with the package: what a tiny tokenizer is trained on by default."""
     lines = (RESOURCES / "radiology_corpus.txt").read_text().splitlines()
-    terms = (RESOURCES / "radiology_terms.txt").read_text().splitlines()
-    return [ln for ln in lines + terms if ln and not ln.startswith("#")]
+    return [ln for ln in lines if ln and not ln.startswith("#")] + load_terms()
 
 
 def build_tokenizer(cfg: RadFMConfig, texts: Iterable[str] | None = None) -> RadFMTokenizer:

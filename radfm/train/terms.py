@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 
 import torch
 
 from radfm.model.tokenizer import IGNORE_INDEX, RadFMTokenizer
-
-TERMS_FILE = Path(__file__).resolve().parent.parent / "resources" / "radiology_terms.txt"
-
-
-def load_terms(path: str | Path | None = None) -> list[str]:
-    lines = Path(path or TERMS_FILE).read_text().splitlines()
-    return [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
+from radfm.terms import TERMS_FILE, load_terms  # noqa: F401 (re-exported)
 
 
 class TermWeighter:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from radfm.data.cache import TensorCache
 from radfm.data.datamodule import DataConfig, RadFMDataModule
+from radfm.data.errors import Quarantine
 from radfm.data.manifest import read_manifest
 from radfm.data.transforms import TransformConfig
 from radfm.model import factory
@@ -45,18 +45,12 @@ def prepare_tokenizer(model_cfg: RadFMConfig, manifest: str | Path, out_dir: Pat
     tok_dir = out_dir / "tokenizer"
     if (tok_dir / "tokenizer.json").exists():
         return RadFMTokenizer.load(tok_dir, model_cfg.num_image_tokens)
-    samples = read_manifest(manifest, on_error="quarantine", quarantine=_Sink())
+    # Rows rejected here are reported by the datamodule's own read; only the good rows' text matters now.
+    samples = read_manifest(manifest, on_error="quarantine", quarantine=Quarantine())
     texts = [t for s in samples if s.split == "train" for t in (s.question, s.answer)]
     tokenizer = factory.build_tokenizer(model_cfg, texts)
     tokenizer.save(tok_dir)
     return tokenizer
-
-
-class _Sink(list):
-    """Rows rejected while collecting tokenizer text are reported by the datamodule later, not here."""
-
-    def add(self, err: Any, stage: str = "") -> None:
-        self.append(err)
 
 
 def run_dir_of(cfg: DictConfig) -> Path:
@@ -156,6 +150,3 @@ def resolve_ckpt_path(cfg: DictConfig, run_dir: Path) -> str | None:
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     return str(path)
 
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").lower() in ("1", "true", "yes")
