@@ -140,6 +140,18 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _validate(args: argparse.Namespace) -> int:
+    from radfm.validation import run_cli
+
+    return int(run_cli(args) or 0)
+
+
+def _services(args: argparse.Namespace) -> int:
+    from radfm.services import run_cli
+
+    return int(run_cli(args) or 0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="radfm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -213,6 +225,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="data")
     p.add_argument("--remote-url", default=None, help="s3://bucket/path (default: $RADFM_DVC_REMOTE_URL; endpoint: $RADFM_S3_ENDPOINT_URL)")
     p.set_defaults(func=_data)
+
+    p = sub.add_parser("validate", help="Great Expectations suites on a manifest and its images")
+    p.add_argument("data", help="data root (holds the manifest)")
+    p.add_argument("--manifest", default=None, help="default: DATA/manifest.jsonl")
+    p.add_argument("--out", default=None, help="report folder (default: $RADFM_HOME/validation/<name>)")
+    p.add_argument("--config", default=None, help="YAML of thresholds (default: conf/validation/default.yaml)")
+    p.add_argument("--mostly", type=float, default=None, help="override every expectation's `mostly`")
+    p.add_argument("--no-images", action="store_true", help="manifest suite only (skip image statistics)")
+    p.set_defaults(func=_validate)
+
+    p = sub.add_parser("services", help="start/stop MLflow, Prefect, a Ray head and an S3 API on 127.0.0.1")
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("--only", default=None, help="comma list of mlflow,prefect,ray,s3 (default: all)")
+    p.set_defaults(func=_services)
     return parser
 
 
