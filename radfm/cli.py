@@ -9,7 +9,17 @@ from collections.abc import Callable, Sequence
 Handler = Callable[[argparse.Namespace], int]
 
 
+def _flows_module(module: str, argv: Sequence[str]) -> int:
+    """Run ``python -m flows.<module> …``: the library never imports flows/ (the dependency points the other way),
+    so the CLI hands over to a child process."""
+    import subprocess
+
+    return subprocess.call([sys.executable, "-m", f"flows.{module}", *argv])
+
+
 def _demo(args: argparse.Namespace) -> int:
+    if not args.quick:
+        return _flows_module("pipeline", args.overrides)
     from radfm.demo_model import run
 
     result = run(steps=args.steps)
@@ -17,6 +27,10 @@ def _demo(args: argparse.Namespace) -> int:
         print("the model did not beat the majority baseline: it has not learned from the images")
         return 1
     return 0
+
+
+def _flows(args: argparse.Namespace) -> int:
+    return _flows_module("serve", [args.action, *sum((["--only", o] for o in args.only or []), [])])
 
 
 def _model_info(args: argparse.Namespace) -> int:
@@ -85,20 +99,11 @@ def _data(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from radfm.eval.radbench import evaluate_checkpoint, summary_markdown
 
-    from radfm.data.cache import TensorCache
-    from radfm.data.transforms import TransformConfig
-    from radfm.eval.radbench import EvalConfig, evaluate, summary_markdown
-    from radfm.model.checkpoint import load_pretrained
-
-    model, tokenizer = load_pretrained(args.model)
-    manifest = Path(args.manifest)
-    cfg = EvalConfig(manifest=str(manifest), data_root=args.data_root or str(manifest.parent), split=args.split,
-                     batch_size=args.batch_size, limit=args.limit, ablate=not args.no_ablate,
-                     embedding=not args.no_embedding,
-                     transform=TransformConfig(image_size=model.cfg.vision.image_size, augment=False))
-    summary = evaluate(model, tokenizer, cfg, args.out, cache=TensorCache())
+    summary = evaluate_checkpoint(args.model, args.manifest, args.out, data_root=args.data_root, split=args.split,
+                                  batch_size=args.batch_size, limit=args.limit, ablate=not args.no_ablate,
+                                  embedding=not args.no_embedding)
     print(summary_markdown(summary).split("## per family")[0])
     print(f"per-sample CSV, summary and report.html in {args.out}")
     return 0
@@ -156,9 +161,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="radfm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="build the tiny model, train it briefly on phantoms, answer questions")
-    p.add_argument("--steps", type=int, default=120)
+    p = sub.add_parser("demo", help="the main job on the embedded default: the radfm-pipeline flow on MedMD-synth")
+    p.add_argument("--quick", action="store_true", help="only the model: train the tiny preset on phantoms (~30 s)")
+    p.add_argument("--steps", type=int, default=120, help="--quick: training steps")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides for the pipeline (default: experiment=demo_tiny)")
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser("pipeline", help="run the radfm-pipeline flow (see `radfm pipeline --help`)", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+
+    p = sub.add_parser("flows", help="serve the Prefect deployments of prefect.yaml here, or list them")
+    p.add_argument("action", choices=["serve", "list"])
+    p.add_argument("--only", action="append", default=None, help="one deployment name (repeatable)")
+    p.set_defaults(func=_flows)
 
     p = sub.add_parser("model-info", help="parameter counts of a preset (built on the meta device)")
     p.add_argument("--preset", default="tiny")
@@ -249,6 +264,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from radfm.data import synth
 
         return int(synth.main(argv[1:]) or 0)
+    if argv[:1] == ["pipeline"]:
+        # The flow's own parser owns the command line (Hydra overrides, --refresh, --gate …).
+        return _flows_module("pipeline", argv[1:])
     if argv[:1] == ["train"]:
         # Hydra owns the command line of training (overrides, -m multirun).
         from radfm.train.entry import main as train_main

@@ -167,6 +167,22 @@ def evaluate(model: Any, tokenizer: Any, cfg: EvalConfig, out_dir: str | Path, c
     return summary
 
 
+def evaluate_checkpoint(model_dir: str | Path, manifest: str | Path, out_dir: str | Path,
+                        data_root: str | Path | None = None, **options: Any) -> dict[str, Any]:
+    """Load a ``save_pretrained`` checkpoint and run RadBench on it (what ``radfm eval`` and the pipeline do).
+
+    ``options`` are :class:`EvalConfig` fields (split, batch_size, limit, ablate, embedding, max_new_tokens).
+    """
+    from radfm.data.cache import TensorCache
+    from radfm.model.checkpoint import load_pretrained
+
+    model, tokenizer = load_pretrained(model_dir)
+    manifest = Path(manifest)
+    cfg = EvalConfig(manifest=str(manifest), data_root=str(data_root or manifest.parent),
+                     transform=TransformConfig(image_size=model.cfg.vision.image_size, augment=False), **options)
+    return evaluate(model, tokenizer, cfg, out_dir, cache=TensorCache())
+
+
 def write_predictions(path: Path, samples: Sequence[Sample], systems: dict[str, Sequence[Prediction]]) -> None:
     """RadFM's test CSV (Question, Ground Truth, Pred, belong_to) plus the baselines' answers."""
     with path.open("w", newline="") as f:

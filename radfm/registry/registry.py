@@ -97,6 +97,10 @@ def register(model_info_or_uri: Any, name: str = DEFAULT_NAME, tracking_uri: str
     if not tags:
         log.warning("logged model %s has no RadBench metrics: it can be registered but never promoted", model_id)
     tags["radfm.model_id"] = model_id
+    if logged.source_run_id:
+        # The training run's lineage travels with the version: the retrain flow compares data versions.
+        run_tags = c.get_run(logged.source_run_id).data.tags
+        tags.update({k: run_tags[k] for k in ("radfm.data_version", "radfm.git_commit") if run_tags.get(k)})
     try:
         c.create_registered_model(name)
     except MlflowException as exc:
@@ -165,3 +169,22 @@ def register_checkpoint(checkpoint_dir: str | Path, radbench_summary: dict[str, 
         return register(info, name=name, tracking_uri=uri)
     finally:
         mlflow.set_tracking_uri(previous)
+
+
+def trained_data_version(name: str = DEFAULT_NAME, alias: str = "champion",
+                         tracking_uri: str | None = None) -> str | None:
+    """The data version (``radfm.data_version`` of the training run) behind ``name@alias``; None when there is
+    no such version. A version whose run never recorded one raises: retraining decisions need it."""
+    c = client(tracking_uri)
+    mv = version_by_alias(c, name, alias)
+    if mv is None:
+        return None
+    if mv.tags and mv.tags.get("radfm.data_version"):
+        return str(mv.tags["radfm.data_version"])
+    if not mv.run_id:
+        raise RegistryError(f"{name}@{alias} (version {mv.version}) has no source run: its data version is unknown")
+    version = c.get_run(mv.run_id).data.tags.get("radfm.data_version")
+    if not version:
+        raise RegistryError(f"the run {mv.run_id} of {name}@{alias} (version {mv.version}) recorded no "
+                            "radfm.data_version tag: it was not trained by `radfm train`")
+    return str(version)

@@ -1,0 +1,56 @@
+"""Typed parameters of the flows (pydantic: Prefect validates them and shows them in the UI)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class DataSpec(BaseModel):
+    """Where the training data comes from.
+
+    - ``config``: whatever the Hydra ``data`` group says (MedMD-synth is generated, MedMNIST imported, a custom
+      manifest used as is);
+    - ``dvc``: ``dvc pull`` of ``target`` in the DVC repository ``repo`` (its remote from ``.dvc/config`` or
+      ``RADFM_DVC_REMOTE_URL``); ``version`` pins the expected md5 and fails on anything else;
+    - ``ingest``: run an importer (``table``, ``dicom`` or ``medmnist``) from ``source`` into ``out`` first.
+    """
+
+    kind: Literal["config", "dvc", "ingest"] = "config"
+    repo: str = "."
+    target: str = "data"
+    version: str | None = None
+    remote: str | None = None
+    importer: Literal["table", "dicom", "medmnist"] | None = None
+    source: str | None = None
+    out: str | None = None
+    reports: str | None = None
+    manifest: str | None = Field(None, description="manifest path for dvc/ingest data (default: <root>/manifest.jsonl)")
+
+
+class EvalSpec(BaseModel):
+    """RadBench options (see ``radfm eval``)."""
+
+    split: str = "test"
+    batch_size: int = 16
+    limit: int | None = None
+    ablate: bool = True
+    embedding: bool = True
+    max_new_tokens: int = 128
+
+
+class PipelineParams(BaseModel):
+    """Everything one pipeline run needs: the Hydra config name + overrides, and the flow's own options."""
+
+    config_name: str = "train"
+    overrides: list[str] = Field(default_factory=lambda: ["experiment=demo_tiny"])
+    data: DataSpec = Field(default_factory=DataSpec)
+    validation_config: str | None = Field(None, description="YAML of thresholds (default conf/validation/default.yaml)")
+    validate_images: bool = True
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+    register: bool = True
+    model_name: str = "radfm"
+    gate: str | None = Field(None, description="promotion gate YAML/JSON (default: the built-in gate)")
+    promote: bool = True
+    refresh: bool = Field(False, description="ignore results cached by earlier runs with the same inputs")

@@ -1,0 +1,165 @@
+"""The ``radfm-pipeline`` flow: data → validation → training → RadBench → MLflow registry → gated promotion.
+
+Run it with ``python -m flows.pipeline [HYDRA OVERRIDES…]`` (what ``make demo`` does on the embedded default:
+MedMD-synth, the tiny preset, the CPU), or as the ``radfm-pipeline`` deployment in ``prefect.yaml``.
+(Importing ``flows.pipeline`` runs ``flows/__init__`` first, which places Prefect's files under RADFM_HOME.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+
+from flows import tasks
+from flows.params import DataSpec, EvalSpec, PipelineParams
+
+STAGES = ("compose-config", "prepare-data", "validate-data", "train", "radbench", "register", "promote")
+
+
+def _run(task_fn: Any, refresh: bool, timings: dict[str, dict[str, Any]], *args: Any, **kwargs: Any) -> Any:
+    """Call a task, record its state (Completed / Cached) and the seconds of its own work, and re-raise its
+    failure so the flow stops at the failed task."""
+    fn = task_fn.with_options(refresh_cache=True) if refresh and task_fn.cache_key_fn else task_fn
+    t0 = time.perf_counter()
+    state = fn(*args, return_state=True, **kwargs)
+    wall = time.perf_counter() - t0
+    name = task_fn.name
+    if state.is_failed() or state.is_crashed():
+        timings[name] = {"state": state.name, "wall_s": wall, "work_s": wall}
+        state.result()  # raises the task's exception: the flow fails here, with the task's message
+    result = state.result()
+    cached = state.name == "Cached"
+    timings[name] = {"state": state.name, "wall_s": wall, "work_s": 0.0 if cached else float(result["seconds"])}
+    return result
+
+
+def _tracking_uri(cfg: dict[str, Any]) -> str:
+    return str(cfg.get("logger", {}).get("tracking_uri") or cfg["paths"]["mlflow_uri"])
+
+
+def _first_test_image(manifest: str, root: str, split: str) -> str | None:
+    from radfm.data.manifest import read_manifest, resolve_image_path
+
+    for s in read_manifest(manifest):
+        if s.split == split and s.images:
+            path = resolve_image_path(root, s.images[0].path)
+            return str(path) if Path(str(path)).is_file() else None
+    return None
+
+
+@flow(name="radfm-pipeline", log_prints=True, persist_result=True)
+def radfm_pipeline(params: PipelineParams = PipelineParams()) -> dict[str, Any]:  # noqa: B008 (pydantic default)
+    """One reproducible run from data to a (possibly promoted) registered model; returns what it did."""
+    from radfm.paths import home_path
+    from radfm.train.compose import fingerprint
+
+    logger = get_run_logger()
+    t_flow = time.perf_counter()
+    timings: dict[str, dict[str, Any]] = {}
+    refresh = params.refresh
+
+    composed = _run(tasks.compose_config, False, timings, params.config_name, params.overrides)
+    data = _run(tasks.prepare_data, False, timings, composed["cfg"], params.data)
+    cfg = data["cfg"]
+    # The run folder is named by what determines the model (config + data version): the same inputs name the
+    # same run, which is what lets a cached training result stand for the files it wrote.
+    run_key = fingerprint(cfg, data["version"])
+    cfg["run_name"] = f"pipeline-{run_key}"
+    logger.info("data version %s, run %s", data["version"], cfg["run_name"])
+
+    _run(tasks.validate_data, refresh, timings, data["root"], data["manifest"], data["version"],
+         params.validation_config, params.validate_images, str(home_path("validation", run_key)))
+    trained = _run(tasks.train_model, refresh, timings, cfg)
+    uri = _tracking_uri(cfg)
+    bench = _run(tasks.radbench, refresh, timings, trained, data["manifest"], data["root"], params.eval,
+                 uri if trained.get("run_id") else None)
+    result: dict[str, Any] = {"data_version": data["version"], "run_name": cfg["run_name"],
+                              "run_id": trained.get("run_id"), "model_dir": trained["model_dir"],
+                              "radbench_dir": bench["dir"], "summary": bench["summary"], "tracking_uri": uri}
+    if params.register:
+        example = _first_test_image(data["manifest"], data["root"], params.eval.split)
+        reg = _run(tasks.register_model, refresh, timings, trained, bench["dir"], params.model_name, uri, example)
+        result.update(version=reg["version"], model_id=reg["model_id"], model_name=params.model_name)
+        if params.promote:
+            decision = _run(tasks.promote_model, False, timings, params.model_name, reg["version"], params.gate, uri)
+            result["decision"] = {k: decision[k] for k in ("promoted", "reason", "version", "champion_version")}
+    wall = time.perf_counter() - t_flow
+    work = sum(t["work_s"] for t in timings.values())
+    result["timings"] = {"stages": timings, "flow_wall_s": wall, "work_s": work,
+                         "overhead_s": wall - work, "overhead_ratio": (wall - work) / wall if wall else 0.0}
+    create_markdown_artifact(summary_markdown(result), key="radfm-pipeline",
+                             description="RadBench table, stage timings and where to look")
+    return result
+
+
+def _ui_hint(uri: str) -> str:
+    if uri.startswith(("http://", "https://")):
+        return uri
+    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000   → http://127.0.0.1:5000"
+
+
+def summary_markdown(result: dict[str, Any]) -> str:
+    """The RadBench headline table, the stages and the links, as Markdown (artifact and terminal)."""
+    from radfm.eval.radbench import headline_table
+
+    rows = headline_table(result["summary"])
+    lines = ["# radfm pipeline", "", f"data version `{result['data_version']}` · run `{result['run_name']}`"
+             f" · MLflow run `{result.get('run_id')}`", "", "## RadBench (test split)", ""]
+    lines += ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    if "version" in result:
+        d = result.get("decision") or {}
+        verdict = ("promoted to champion" if d.get("promoted") else f"not promoted ({d.get('reason')})") if d \
+            else "not evaluated for promotion"
+        lines += ["", "## Registry", "", f"`{result['model_name']}` version {result['version']} "
+                  f"(LoggedModel `{result.get('model_id')}`): {verdict}"]
+    t = result.get("timings")
+    if t:
+        lines += ["", "## Stages", "", "| stage | state | wall s | work s |", "|---|---|---|---|"]
+        lines += [f"| {k} | {v['state']} | {v['wall_s']:.1f} | {v['work_s']:.1f} |" for k, v in t["stages"].items()]
+        lines += ["", f"flow {t['flow_wall_s']:.1f} s, task work {t['work_s']:.1f} s, orchestration "
+                  f"{t['overhead_s']:.1f} s ({100 * t['overhead_ratio']:.1f}%)"]
+    lines += ["", "## Where to look", "", f"- MLflow: `{_ui_hint(result['tracking_uri'])}`",
+              f"- RadBench report: `{result['radbench_dir']}/report.html`"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m flows.pipeline [--refresh] [--no-promote] [--gate G] [OVERRIDE …]``."""
+    import os
+
+    parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__)
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides (default: experiment=demo_tiny)")
+    parser.add_argument("--refresh", action="store_true", help="recompute cached stages")
+    parser.add_argument("--gate", default=None)
+    parser.add_argument("--no-register", action="store_true")
+    parser.add_argument("--no-promote", action="store_true")
+    parser.add_argument("--eval-limit", type=int, default=None)
+    parser.add_argument("--data-kind", choices=["config", "dvc"], default="config")
+    args = parser.parse_args(argv)
+    params = PipelineParams(overrides=args.overrides or ["experiment=demo_tiny"], refresh=args.refresh,
+                            gate=args.gate, register=not args.no_register, promote=not args.no_promote,
+                            eval=EvalSpec(limit=args.eval_limit), data=DataSpec(kind=args.data_kind))
+    t0 = time.perf_counter()
+    result = radfm_pipeline(params)
+    total = time.perf_counter() - t0
+    print("\n" + summary_markdown(result))
+    prefect_home = os.environ.get("PREFECT_HOME", "")
+    print(f"- Prefect UI: `PREFECT_HOME={prefect_home} prefect server start --host 127.0.0.1`"
+          "   → http://127.0.0.1:4200 (this run is in that database)")
+    print(f"\nwhole command: {total:.1f} s (flow {result['timings']['flow_wall_s']:.1f} s; the rest is Prefect's "
+          "start-up of its local API)")
+    failing = [k for k, v in result["summary"]["tasks"].items() if not v.get("beats_both")]
+    if failing:
+        print(f"WARNING: the model does not beat both baselines on {failing}: it is not learning from the images")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""The pipeline's tasks: each is a thin, typed wrapper around one radfm library call.
+
+Tasks whose work is expensive (validation, training, RadBench, registration) cache their result on their
+inputs, persisted under ``PREFECT_HOME``: a run that failed at task N can be run again (or retried from the
+Prefect UI) and tasks 1…N-1 come back as ``Cached`` instead of being redone. Every task returns the seconds
+of its own work so the flow can report how much of its wall time the orchestration cost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.context import TaskRunContext
+
+from flows.params import DataSpec, EvalSpec
+
+log = logging.getLogger(__name__)
+
+# Bump when a task's result format changes: old cached results must not be read back.
+CACHE_VERSION = "1"
+
+
+def _digest(parameters: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(parameters, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def inputs_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    """Cache key: the task's name and its inputs (not the flow run: a new run with the same inputs hits)."""
+    return f"{context.task.name}-{CACHE_VERSION}-{_digest(parameters)}"
+
+
+def outputs_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    """Like :func:`inputs_key`, but only while the files the cached result points at still exist: a deleted run
+    folder makes the key new, so the task runs again instead of returning paths to nothing."""
+    folder = Path(str(parameters["cfg"]["paths"]["runs_dir"])) / str(parameters["cfg"]["run_name"])
+    present = (folder / "model").is_dir()
+    return inputs_key(context, parameters) + ("" if present else f"-absent-{time.time_ns()}")
+
+
+def _transient(task_: Any, task_run: Any, state: Any) -> bool:
+    """Retry only what a retry can fix: a service that did not answer, not a bad input."""
+    try:
+        state.result()
+    except (ConnectionError, TimeoutError, OSError) as exc:
+        return not isinstance(exc, (FileNotFoundError, PermissionError))
+    except Exception as exc:  # MLflow wraps HTTP failures in MlflowException
+        return type(exc).__name__ == "MlflowException" and "RESOURCE_DOES_NOT_EXIST" not in str(exc)
+    return False
+
+
+@task(name="compose-config")
+def compose_config(config_name: str, overrides: list[str]) -> dict[str, Any]:
+    """The resolved Hydra config (plain data) that ``radfm train <overrides>`` would run."""
+    from radfm.train.compose import compose, to_container
+
+    return {"cfg": to_container(compose(overrides, config_name)), "seconds": 0.0}
+
+
+@task(name="prepare-data", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_transient)
+def prepare_data(cfg: dict[str, Any], spec: DataSpec) -> dict[str, Any]:
+    """Make the dataset exist (generate, import or ``dvc pull``) → ``{cfg, manifest, root, version}``.
+
+    ``cfg`` comes back with ``data.root``/``data.manifest`` pointing at the prepared data.
+    """
+    from omegaconf import OmegaConf, open_dict
+
+    from radfm.registry.tracking import compute_data_version
+    from radfm.train.data_prep import ensure_dataset
+
+    t0 = time.perf_counter()
+    conf = OmegaConf.create(cfg)
+    if spec.kind == "config":
+        manifest = ensure_dataset(conf.data)
+        root = Path(str(conf.data.root))
+    elif spec.kind == "dvc":
+        from radfm.data import versioning
+
+        pulled = versioning.pull(spec.repo, spec.target, remote=spec.remote)
+        if spec.version and pulled != spec.version:
+            raise ValueError(f"{spec.repo}/{spec.target}.dvc points at data version {pulled}, not {spec.version}: "
+                             "check out the git revision whose .dvc file has that version, then run again")
+        root = Path(spec.repo) / spec.target
+        manifest = Path(spec.manifest) if spec.manifest else root / "manifest.jsonl"
+    else:
+        root, manifest = _ingest(spec)
+    if not manifest.is_file():
+        raise FileNotFoundError(f"the prepared data has no manifest at {manifest} (set data.manifest)")
+    with open_dict(conf):
+        conf.data.root = str(root)
+        conf.data.manifest = str(manifest)
+    version = compute_data_version(str(root))
+    return {"cfg": OmegaConf.to_container(conf, resolve=True), "manifest": str(manifest), "root": str(root),
+            "version": version, "seconds": time.perf_counter() - t0}
+
+
+def _ingest(spec: DataSpec) -> tuple[Path, Path]:
+    from radfm.data import importers
+
+    if not (spec.importer and spec.source and spec.out):
+        raise ValueError("data.kind=ingest needs data.importer (table|dicom|medmnist), data.source and data.out")
+    out = Path(spec.out)
+    if spec.importer == "table":
+        importers.ingest_table(spec.source, out, on_error="raise")
+    elif spec.importer == "medmnist":
+        importers.ingest_medmnist(spec.source, out, on_error="raise")
+    else:
+        if not spec.reports:
+            raise ValueError("data.importer=dicom needs data.reports (a CSV of reports)")
+        importers.ingest_dicom_folder(spec.source, spec.reports, out, on_error="raise")
+    manifest = Path(spec.manifest) if spec.manifest else out / "manifest.jsonl"
+    return out, manifest
+
+
+@task(name="validate-data", cache_key_fn=inputs_key)
+def validate_data(root: str, manifest: str, version: str, config: str | None, images: bool,
+                  out_dir: str) -> dict[str, Any]:
+    """Great Expectations suites on the manifest (and image statistics); fails the flow on a failing
+    expectation, naming it and its offending rows. ``version`` is part of the cache key: new data, new check."""
+    from prefect.artifacts import create_markdown_artifact
+
+    from radfm.validation import ValidationConfig, validate_dataset
+
+    t0 = time.perf_counter()
+    vcfg = ValidationConfig.from_yaml(config) if config else None
+    report = validate_dataset(root, manifest=manifest, out_dir=out_dir, config=vcfg, images=images)
+    lines = [f"# Data validation: {'passed' if report.success else 'FAILED'}", "",
+             f"data version `{version}`; JSON `{report.json_path}`; Data Docs `{report.docs_path}`", ""]
+    for f in report.failures:
+        shown = ", ".join(str(o) for o in (f.get("offending") or [])[:10])
+        lines.append(f"- **{f.get('expectation')}** on `{f.get('column')}`: {f.get('unexpected_count')} rows "
+                     f"({shown})")
+    create_markdown_artifact("\n".join(lines), key="data-validation", description="Great Expectations result")
+    report.raise_for_failures()
+    return {"json": str(report.json_path), "docs": str(report.docs_path), "seconds": time.perf_counter() - t0}
+
+
+@task(name="train", cache_key_fn=outputs_key)
+def train_model(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``radfm.train.train(cfg)`` (one Lightning process or Ray Train, as ``trainer`` says)."""
+    from omegaconf import OmegaConf
+
+    from radfm.train.train import run_dir_of, train
+
+    t0 = time.perf_counter()
+    conf = OmegaConf.create(cfg)
+    metrics = train(conf)
+    run_id = metrics.pop("run_id", None)
+    return {"run_id": run_id, "run_dir": str(run_dir_of(conf)), "model_dir": str(run_dir_of(conf) / "model"),
+            "metrics": {k: float(v) for k, v in metrics.items()}, "seconds": time.perf_counter() - t0}
+
+
+@task(name="radbench", cache_key_fn=inputs_key)
+def radbench(trained: dict[str, Any], manifest: str, root: str, spec: EvalSpec,
+             tracking_uri: str | None) -> dict[str, Any]:
+    """RadBench on the test split beside the blind and image-ablated baselines; files and metrics go to the
+    training run in MLflow (when it has one)."""
+    from radfm.eval.radbench import evaluate_checkpoint, log_to_mlflow
+
+    t0 = time.perf_counter()
+    out_dir = Path(trained["run_dir"]) / "radbench"
+    summary = evaluate_checkpoint(trained["model_dir"], manifest, out_dir, data_root=root, **spec.model_dump())
+    if trained.get("run_id") and tracking_uri:
+        import mlflow
+
+        mlflow.set_tracking_uri(tracking_uri)
+        with mlflow.start_run(run_id=trained["run_id"]):
+            log_to_mlflow(summary, out_dir)
+    return {"dir": str(out_dir), "summary": summary, "seconds": time.perf_counter() - t0}
+
+
+@task(name="register", cache_key_fn=inputs_key, retries=2, retry_delay_seconds=[2, 10],
+      retry_condition_fn=_transient)
+def register_model(trained: dict[str, Any], radbench_dir: str, name: str, tracking_uri: str,
+                   example_image: str | None) -> dict[str, Any]:
+    """Log the checkpoint as a pyfunc LoggedModel in the training run (RadBench metrics against its model id)
+    and register it as the ``challenger``. Cached on its inputs: a resumed run never registers twice."""
+    import mlflow
+
+    from radfm.registry.registry import register_checkpoint
+
+    t0 = time.perf_counter()
+    examples = [example_image] if example_image else None
+    mlflow.set_tracking_uri(tracking_uri)
+    if trained.get("run_id"):
+        with mlflow.start_run(run_id=trained["run_id"]):
+            mv = register_checkpoint(trained["model_dir"], radbench_dir, name=name, tracking_uri=tracking_uri,
+                                     input_example_images=examples)
+    else:
+        mv = register_checkpoint(trained["model_dir"], radbench_dir, name=name, tracking_uri=tracking_uri,
+                                 input_example_images=examples)
+    model_id = (mv.tags or {}).get("radfm.model_id")
+    return {"name": name, "version": str(mv.version), "model_id": model_id, "run_id": mv.run_id,
+            "seconds": time.perf_counter() - t0}
+
+
+@task(name="promote", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_transient)
+def promote_model(name: str, version: str, gate: str | None, tracking_uri: str) -> dict[str, Any]:
+    """Move ``champion`` to ``version`` when it passes the gate against the current champion (idempotent)."""
+    from radfm.registry.promotion import Gate, promote
+
+    t0 = time.perf_counter()
+    gate_obj = None
+    if gate:
+        path = Path(gate)
+        if not path.is_file():
+            raise FileNotFoundError(f"promotion gate {path} does not exist (write one, or leave `gate` unset for "
+                                    "the built-in gate)")
+        import yaml
+
+        text = path.read_text()
+        gate_obj = Gate.from_dict(json.loads(text) if path.suffix == ".json" else yaml.safe_load(text))
+    decision = promote(name, version=version, gate=gate_obj, tracking_uri=tracking_uri)
+    return {**decision.to_dict(), "seconds": time.perf_counter() - t0}
