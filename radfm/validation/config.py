@@ -36,7 +36,8 @@ class ValidationConfig:
     """Every threshold the manifest and image suites use (see ``conf/validation/default.yaml``)."""
 
     mostly: float = 0.99
-    strict: tuple[str, ...] = ("unique_ids", "no_group_overlap")
+    strict: tuple[str, ...] = ("required_fields", "schema_valid", "allowed_tasks", "allowed_splits", "unique_ids",
+                               "answer_content", "no_group_overlap")
     tasks: tuple[str, ...] = TASKS
     splits: tuple[str, ...] = SPLITS
     question_length: tuple[int, int] = (1, 2000)

@@ -137,7 +137,9 @@ def summarise_suite(result: Any, index_col: str, limit: int, *, extra: dict[str,
         kwargs = {k: v for k, v in cfg.kwargs.items() if k not in ("batch_id", "result_format")}
         res = r.result or {}
         entry = {"check": (cfg.meta or {}).get("check", cfg.type), "expectation": cfg.type,
-                 "column": kwargs.get("column"), "success": bool(r.success), "mostly": kwargs.get("mostly"),
+                 "column": kwargs.get("column"), "success": bool(r.success),
+                 # GE drops mostly=1.0 (its default) from the kwargs: a column expectation without it is strict
+                 "mostly": kwargs.get("mostly", 1.0 if "column" in kwargs else None),
                  "unexpected_count": res.get("unexpected_count"),
                  "unexpected_percent": res.get("unexpected_percent"),
                  **({"observed_value": res["observed_value"]} if "observed_value" in res else {})}
