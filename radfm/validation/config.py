@@ -37,7 +37,7 @@ class ValidationConfig:
 
     mostly: float = 0.99
     strict: tuple[str, ...] = ("required_fields", "schema_valid", "allowed_tasks", "allowed_splits", "unique_ids",
-                               "answer_content", "no_group_overlap")
+                               "answer_content", "answer_placeholder", "no_group_overlap")
     tasks: tuple[str, ...] = TASKS
     splits: tuple[str, ...] = SPLITS
     question_length: tuple[int, int] = (1, 2000)

@@ -169,7 +169,7 @@ def manifest_tables(data_root: str | Path, rows: list[RawRow], cfg: ValidationCo
         if key is not None:
             keys_used[key] += 1
             split = _text(rec.get("split"))
-            if split is not None:
+            if split in cfg.splits:  # an unknown split fails allowed_splits; it is no second split here
                 groups[digest].add(split)
         row_group.append(digest)
         records.append({

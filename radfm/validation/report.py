@@ -49,7 +49,10 @@ class ValidationReport:
         lines = [f"validation failed: {len(self.failures)} expectation(s) ({self._counts()})"]
         for f in self.failures:
             lines.append("  " + describe_failure(f))
-        lines.append(f"report: {self.json_path}  data docs: {self.docs_path}")
+        if self.json_path is not None:
+            lines.append(f"report: {self.json_path}  data docs: {self.docs_path}")
+        else:
+            lines.append("report: not written (validate with out_dir to keep the JSON and Data Docs)")
         return "\n".join(lines)
 
     def _counts(self) -> str:
@@ -104,6 +107,8 @@ def describe_failure(f: dict[str, Any]) -> str:
     offending = ", ".join(map(str, f.get("offending", [])))
     more = " …" if count and count > len(f.get("offending", [])) else ""
     text = f"{what}{size}: {offending}{more}" if offending else f"{what}{size}"
+    if f.get("values"):
+        text += f" (values: {', '.join(repr(v) for v in f['values'])})"
     if f.get("detail"):
         text += f" [{f['detail']}]"
     if f.get("samples"):
@@ -121,6 +126,19 @@ def _offending(result: dict[str, Any], index_col: str, limit: int) -> list[str]:
             out.append(str(label))
         else:
             out.append(f"row {item}")
+        if len(out) >= limit:
+            break
+    return out
+
+
+def _values(result: dict[str, Any], limit: int = 5) -> list[Any]:
+    """The first distinct unexpected values (text cut to 40 characters); none for derived yes/no flags."""
+    out: list[Any] = []
+    for item in result.get("partial_unexpected_counts") or []:
+        value = item.get("value") if isinstance(item, dict) else None
+        if isinstance(value, bool) or value is None:
+            continue
+        out.append(value[:40] if isinstance(value, str) else value)
         if len(out) >= limit:
             break
     return out
@@ -152,6 +170,9 @@ def summarise_suite(result: Any, index_col: str, limit: int, *, extra: dict[str,
                    "kwargs": {k: v for k, v in kwargs.items() if k != "column"},
                    "offending": _offending(res, index_col, limit)}
         failure.pop("success")
+        values = _values(res)
+        if values:
+            failure["values"] = values
         if cfg.type == "expect_table_columns_to_match_set":
             mismatched = (res.get("details") or {}).get("mismatched") or {}
             failure["offending"] = [f"unexpected column {c}" for c in mismatched.get("unexpected", [])] + \

@@ -117,12 +117,18 @@ def test_emptyish_answer_fails_answer_content(data):
         row["answer"] = " ... "
         target["id"] = row["id"]
 
+        other = next(r for r in recs if r["task"] == "report" and r["id"] != row["id"])
+        other["answer"] = "N/A"
+        target["placeholder"] = other["id"]
+
     edit(data, empty)
     report = validate_dataset(data, images=False)
     f = failure(report, "answer_content")
     assert f["expectation"] == "expect_column_value_lengths_to_be_between" and f["column"] == "answer_text"
-    assert f["offending"] == [target["id"]]
-    assert target["id"] in raised(report)
+    assert f["offending"] == [target["id"]] and f["mostly"] == 1.0  # strict: one row in ~310 is enough
+    assert failure(report, "answer_placeholder")["offending"] == [target["placeholder"]]
+    msg = raised(report)
+    assert target["id"] in msg and target["placeholder"] in msg and "'na'" in msg
 
 
 def test_unknown_split_and_task_fail_their_expectations(data):
@@ -141,6 +147,8 @@ def test_unknown_split_and_task_fail_their_expectations(data):
     assert set(schema["offending"]) == {bad_split, bad_task} and "split" in schema["detail"]
     msg = raised(report)
     assert "allowed_splits" in msg and "allowed_tasks" in msg and bad_split in msg and bad_task in msg
+    assert "'holdout'" in msg and "'segmentation'" in msg
+    assert "no_group_overlap" not in msg  # an unknown split is not a second split of its scene
 
 
 def test_patient_in_two_splits_fails_and_its_key_never_leaks(data, tmp_path):
@@ -261,3 +269,19 @@ def test_import_turns_gx_analytics_off_unless_set():
     env["GX_ANALYTICS_ENABLED"] = "true"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "true"
+
+
+def test_report_logged_as_mlflow_artifacts(synth_root, tmp_path):
+    mlflow = pytest.importorskip("mlflow")
+
+    report = validate_dataset(synth_root, out_dir=tmp_path / "out", images=False)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    try:
+        with mlflow.start_run() as run:
+            report.log_to_mlflow()
+        client = mlflow.MlflowClient()
+        names = {a.path for a in client.list_artifacts(run.info.run_id, "validation")}
+        assert {"validation/validation.json", "validation/data_docs", "validation/gx"} <= names
+        assert client.get_run(run.info.run_id).data.metrics["validation_success"] == 1.0
+    finally:
+        mlflow.set_tracking_uri(None)
