@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,6 +127,29 @@ class DataConfig:
     max_length: int | None = None
     prevalidate: bool = True
     transform: TransformConfig = field(default_factory=TransformConfig)
+    # Class-balanced training batches: None (off), "label" (meta["label"], else the sorted label list) or
+    # "answer" (the answer text, for any closed question). Evaluation loaders are never rebalanced.
+    balance: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.balance not in BALANCE_KEYS:
+            raise ValueError(f"data balance {self.balance!r} is not one of {BALANCE_KEYS}")
+
+
+BALANCE_KEYS = (None, "label", "answer")
+
+
+def class_of(sample: Sample, key: str) -> Hashable:
+    """The class a balanced sampler groups ``sample`` under (see :attr:`DataConfig.balance`)."""
+    if key == "answer":
+        return sample.answer.strip().lower()
+    if key == "label":
+        meta = sample.meta or {}
+        if "label" in meta:
+            label = meta["label"]
+            return tuple(label) if isinstance(label, list) else label
+        return tuple(sorted(sample.labels or ()))
+    raise ValueError(f"data balance {key!r} is not one of {BALANCE_KEYS}")
 
 
 class RadFMDataModule(L.LightningDataModule):
@@ -178,8 +201,10 @@ class RadFMDataModule(L.LightningDataModule):
         if not samples:
             raise ValueError(f"the {split} split of {self.cfg.manifest} is empty")
         ds = self._dataset(samples, train)
+        classes = [class_of(s, self.cfg.balance) for s in samples] if train and self.cfg.balance else None
         sampler = ModalityBatchSampler([s.is_3d for s in samples], self.cfg.batch_size_2d,
-                                       self.cfg.batch_size_3d, shuffle=train, seed=self.cfg.seed)
+                                       self.cfg.batch_size_3d, shuffle=train, seed=self.cfg.seed,
+                                       classes=classes)
         loader_cls = ResumableDataLoader if train else DataLoader
         return loader_cls(ds, batch_sampler=sampler, collate_fn=Collator(self.tokenizer),
                           num_workers=self.cfg.num_workers,

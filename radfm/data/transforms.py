@@ -212,6 +212,59 @@ class RandomResizedCrop:
         return _update(data, _resize_in_plane(crop, H, W), crop=(top, left, h, w))
 
 
+class RandomAffine2D:
+    """Train-only: a small in-plane rotation (± ``degrees``) and shift (± ``translate`` of H and W).
+
+    Chest films are taken with the patient a little turned or off-centre; the label never depends on that, so
+    the model should not either. One transform for every slice and channel; borders repeat the edge pixels
+    (zeros would draw a frame that no real image has). ``C×H×W×D`` in and out.
+    """
+
+    def __init__(self, degrees: float = 0.0, translate: float = 0.0, rng: np.random.Generator | None = None) -> None:
+        if degrees < 0 or not 0 <= translate < 1:
+            raise ValueError(f"bad rotation {degrees} or translation {translate}")
+        self.degrees, self.translate = float(degrees), float(translate)
+        self.rng = rng if rng is not None else np.random.default_rng()
+
+    def __call__(self, data: Data) -> Data:
+        rng = data.get("rng") if data.get("rng") is not None else self.rng
+        angle = math.radians(rng.uniform(-self.degrees, self.degrees))
+        tx, ty = (rng.uniform(-self.translate, self.translate) * 2 for _ in range(2))  # grid units: [-1, 1]
+        if angle == 0 and tx == 0 and ty == 0:
+            return data
+        x = data["image"]
+        C, H, W, D = x.shape
+        t = torch.from_numpy(np.ascontiguousarray(x)).permute(3, 0, 1, 2).reshape(D * C, 1, H, W)
+        cos, sin = math.cos(angle), math.sin(angle)
+        theta = torch.tensor([[cos, -sin, tx], [sin, cos, ty]], dtype=t.dtype).expand(D * C, 2, 3)
+        grid = F.affine_grid(theta, list(t.shape), align_corners=False)
+        y = F.grid_sample(t, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        y = y.reshape(D, C, H, W).permute(1, 2, 3, 0).contiguous().numpy()
+        return _update(data, y, affine={"degrees": math.degrees(angle), "shift": (tx / 2, ty / 2)})
+
+
+class RandomIntensity:
+    """Train-only: contrast × U(1 − ``contrast``, 1 + ``contrast``), then + U(± ``brightness``).
+
+    Exposure and processing differ between X-ray machines. Runs on the (zero-centred) tensor, so
+    ``brightness`` is in its units (after :class:`ZeroCentre`, 1.0 is a quarter of the [0, 1] range).
+    """
+
+    def __init__(self, contrast: float = 0.0, brightness: float = 0.0, rng: np.random.Generator | None = None) -> None:
+        if not 0 <= contrast < 1 or brightness < 0:
+            raise ValueError(f"bad contrast {contrast} or brightness {brightness}")
+        self.contrast, self.brightness = float(contrast), float(brightness)
+        self.rng = rng if rng is not None else np.random.default_rng()
+
+    def __call__(self, data: Data) -> Data:
+        rng = data.get("rng") if data.get("rng") is not None else self.rng
+        a = rng.uniform(1 - self.contrast, 1 + self.contrast)
+        b = rng.uniform(-self.brightness, self.brightness)
+        y = np.multiply(data["image"], np.float32(a), dtype=np.float32)
+        y += np.float32(b)
+        return _update(data, y, intensity={"contrast": float(a), "brightness": float(b)})
+
+
 class Compose:
     """Apply transforms in order."""
 
@@ -240,6 +293,11 @@ class TransformConfig:
     zero_centre: bool = True
     augment: bool = True
     crop_scale: tuple[float, float] = (0.8, 1.0)
+    # Further train-only augmentation, off by default (see RandomAffine2D / RandomIntensity).
+    rotate_degrees: float = 0.0
+    translate: float = 0.0
+    contrast: float = 0.0
+    brightness: float = 0.0
 
     def __post_init__(self) -> None:
         # Hydra hands lists; tuples of floats keep key() the same for [-1000, 1000] and (-1000.0, 1000.0)
@@ -253,13 +311,15 @@ class TransformConfig:
     def key(self) -> str:
         """Stable hash of the deterministic (cached) part of the config.
 
-        ``augment``/``crop_scale`` are left out on purpose: augmentation runs after the cache, so a sweep over
+        The augmentation fields are left out on purpose: augmentation runs after the cache, so a sweep over
         them reuses the cached tensors. ``channels`` is left out too: replication also runs after the cache.
         """
-        d = {f.name: getattr(self, f.name) for f in fields(self)
-             if f.name not in ("augment", "crop_scale", "channels")}
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in AFTER_CACHE}
         text = json.dumps({**d, "version": PREPROCESS_VERSION}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+AFTER_CACHE = ("augment", "crop_scale", "channels", "rotate_degrees", "translate", "contrast", "brightness")
 
 
 def deterministic_transforms(cfg: TransformConfig) -> Compose:
@@ -276,7 +336,11 @@ def tail_transforms(cfg: TransformConfig, train: bool, rng: np.random.Generator 
     """After the cache: train-only augmentation (random per epoch), then channel replication."""
     ts: list[Callable[[Data], Data]] = []
     if train and cfg.augment:
+        if cfg.rotate_degrees or cfg.translate:
+            ts.append(RandomAffine2D(cfg.rotate_degrees, cfg.translate, rng=rng))
         ts.append(RandomResizedCrop(cfg.crop_scale, rng=rng))
+        if cfg.contrast or cfg.brightness:
+            ts.append(RandomIntensity(cfg.contrast, cfg.brightness, rng=rng))
     ts.append(ToChannels(cfg.channels))
     return Compose(ts)
 

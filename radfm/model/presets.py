@@ -86,7 +86,27 @@ def ref_small() -> RadFMConfig:
     )
 
 
-PRESETS = {"tiny": tiny, "small": small, "base": base, "ref-tiny": ref_tiny, "ref-small": ref_small}
+def mnist28() -> RadFMConfig:
+    """2D 28×28 grey images (MedMNIST): ~1.5M parameters, patch 4×4 (a 7×7 grid), for CPU minutes.
+
+    A lesion inside a single patch is hard for a ViT to see, so the patch is small relative to the image;
+    one channel and depth 1 because MedMNIST's 2D sets are single grey slices.
+    """
+    return RadFMConfig(
+        name="mnist28",
+        vision=VisionConfig(in_channels=1, image_size=28, max_image_size=28, max_depth=1, patch_size=4,
+                            patch_depth=1, width=128, layers=4, heads=4, dim_head=32, mlp_dim=256, min_depth=1,
+                            patch_norm=False),
+        resampler=ResamplerConfig(dim=128, layers=1, heads=4, dim_head=32, ff_mult=2, num_latents=32),
+        lm=LMConfig(hidden_size=128, layers=2, heads=4, intermediate_size=344, vocab_size=1024,
+                    max_position_embeddings=128),
+        tokenizer=TokenizerConfig(kind="bpe", vocab_size=1024),
+        max_length=128,
+    )
+
+
+PRESETS = {"tiny": tiny, "small": small, "base": base, "ref-tiny": ref_tiny, "ref-small": ref_small,
+           "mnist28": mnist28}
 
 
 def preset(name: str) -> RadFMConfig:
