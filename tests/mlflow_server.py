@@ -1,13 +1,13 @@
-"""A real ``mlflow server`` on 127.0.0.1 for the tests (one per session, ~0.5 GB with one worker)."""
+"""A real ``mlflow server`` on 127.0.0.1 for the tests (one per session, ~0.5 GB with one worker).
+
+Started by the same code as ``radfm services up`` (:mod:`radfm.services`), on a free port, with its own
+services folder under a session temp dir: SQLite backend, artifacts proxied into ``root / "artifacts"``.
+"""
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
-import time
-import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,37 +23,16 @@ def free_port() -> int:
 @dataclass
 class MlflowServer:
     uri: str
-    root: Path
+    root: Path  # the server's folder: mlflow.db, artifacts/, mlflow.log
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory) -> MlflowServer:
-    root = tmp_path_factory.mktemp("mlflow_server")
-    port = free_port()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-           "--backend-store-uri", f"sqlite:///{root}/mlflow.db", "--artifacts-destination", str(root / "artifacts"),
-           "--serve-artifacts"]
-    log = (root / "server.log").open("w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mlflow server exited: {(root / 'server.log').read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(uri + "/health", timeout=2) as resp:
-                if resp.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        raise RuntimeError("mlflow server did not become healthy in 120 s")
-    yield MlflowServer(uri, root)
-    proc.terminate()
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    from radfm import services
+
+    home = tmp_path_factory.mktemp("mlflow_server")
+    endpoint = services.start(["mlflow"], home=home, ports={"mlflow": free_port()}, timeout=120)["mlflow"]
     try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+        yield MlflowServer(endpoint.url, endpoint.workdir)
+    finally:
+        services.stop(["mlflow"], home=home)
