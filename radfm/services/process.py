@@ -61,7 +61,12 @@ def launch(cmd: Sequence[str], env: Mapping[str, str], cwd: Path, log_path: Path
     with log_path.open("ab") as log:
         proc = subprocess.Popen(list(cmd), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 env=dict(env), cwd=cwd, start_new_session=True)
-    return proc.pid, psutil.Process(proc.pid).create_time()
+    try:
+        return proc.pid, psutil.Process(proc.pid).create_time()
+    except psutil.NoSuchProcess:
+        # Already gone (a bad argument fails fast): a start time no live process matches, so the caller
+        # sees a dead service and reports its log.
+        return proc.pid, time.time()
 
 
 def process(pid: int | None, create_time: float | None) -> psutil.Process | None:
