@@ -16,13 +16,9 @@ baseline, cold ≥ 1× — are printed as PASS/MISS, never asserted.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import os
-import platform
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,41 +32,14 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench._common import machine_info, peak_rss_mb, run_measured  # noqa: E402
+
 BATCH = 8
 SIZE = 64
 SHAPE_3D = (128, 128, 48)
 SHAPE_2D = (256, 256)
 GOAL_CACHED = 5.0
 GOAL_COLD = 1.0
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
-
-
-def busy_cpu_s() -> float:
-    """CPU-seconds the whole machine has spent busy since boot (from /proc/stat; 0 where it is missing)."""
-    try:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return 0.0
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def run_measured(cmd: list[str], env: dict[str, str]) -> float:
-    """Run a child; return the share of the machine's CPUs that *other* processes used meanwhile (0…1).
-
-    On a shared 2-core box a busy neighbour slows torch's multi-threaded reductions by orders of magnitude
-    (threads wait at barriers), so every figure travels with this number.
-    """
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    busy0, t0 = busy_cpu_s(), time.perf_counter()
-    subprocess.run(cmd, check=True, env=env)
-    wall, busy = time.perf_counter() - t0, busy_cpu_s() - busy0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    own = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return max(0.0, busy - own) / (wall * (os.cpu_count() or 1))
 
 
 # ---- data -----------------------------------------------------------------------------------------------
@@ -262,12 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                 children[name].append({**json.loads((work / f"{name}-{r}.json").read_text()),
                                        "others_cpu_share": round(others, 3)})
         load_after = [round(x, 2) for x in os.getloadavg()]
-    import monai
-    import torch
-
-    meta = {"date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"), "host": platform.node(),
-            "cpu": platform.processor() or platform.machine(), "nproc": os.cpu_count(),
-            "python": sys.version.split()[0], "torch": torch.__version__, "monai": monai.__version__,
+    meta = {**machine_info(("torch", "monai")),
             "n3d": args.n3d, "n2d": args.n2d, "repeats": args.repeats, "threads": args.threads,
             "batch": BATCH, "size": SIZE, "shape_3d": SHAPE_3D, "shape_2d": SHAPE_2D, "load_before": load_before,
             "load_after": load_after, "wall_s": round(time.perf_counter() - t0, 1)}

@@ -13,11 +13,8 @@ Goals are reported as PASS/MISS, never asserted.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import os
-import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -33,6 +30,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from bench._common import BackgroundLoad, QuietWait, fmt_table, machine_info, peak_rss_mb, rss_mb  # noqa: E402
 
 CONFIGS = ("tiny", "small", "ref-tiny", "ref-small")
 QUICK_CONFIGS = ("tiny", "ref-tiny")
@@ -54,76 +53,6 @@ CONTENDED_CORES = 0.5  # other processes' load during the best step above which 
 PEAK_N = 2048
 FLOP_METHOD = ("torch.utils.flop_counter.FlopCounterMode on one forward+backward (exact matmul + SDPA FLOPs; "
                "CPU flash-attention kernels registered here; causal masking not discounted; AdamW not counted)")
-
-
-# ---- helpers --------------------------------------------------------------------------------------------
-def rss_mb() -> float:
-    """Current resident set size (MB), read from /proc (psutil is not needed)."""
-    try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except OSError:
-        return float("nan")
-
-
-def peak_rss_mb() -> float:
-    """Peak RSS of this process so far (ru_maxrss is in KB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-class BackgroundLoad:
-    """CPU cores kept busy by *other* processes while the block runs (from /proc/stat minus our own CPU time).
-
-    The machine is shared: a second process on a 2-core box also makes OpenMP barriers wait, so small ops slow
-    down far more than one big matmul does. This number says how quiet each measurement was.
-    """
-
-    def __enter__(self) -> BackgroundLoad:
-        self.cores = float("nan")
-        self._start = (self._busy(), self._own(), time.perf_counter())
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        busy, own, wall = self._busy(), self._own(), time.perf_counter()
-        b0, o0, w0 = self._start
-        if busy == busy and wall > w0:  # NaN check: /proc/stat unreadable
-            self.cores = max(0.0, ((busy - b0) - (own - o0)) / (wall - w0))
-
-    @staticmethod
-    def _busy() -> float:
-        try:
-            with open("/proc/stat") as fh:
-                f = [int(x) for x in fh.readline().split()[1:]]
-        except OSError:
-            return float("nan")
-        idle = f[3] + (f[4] if len(f) > 4 else 0)
-        return (sum(f[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-    @staticmethod
-    def _own() -> float:
-        t = os.times()
-        return t.user + t.system
-
-
-class QuietWait:
-    """Before a measurement, wait until other processes keep fewer than ``threshold`` cores busy over a
-    ``window``-second sample: at most ``per_call`` s each time and ``budget_s`` for the whole process.
-    Cheap when the machine is quiet."""
-
-    def __init__(self, budget_s: float, threshold: float = 0.3, window: float = 0.2, per_call: float = 3.0) -> None:
-        self.left, self.threshold, self.window, self.per_call = budget_s, threshold, window, per_call
-        self.waited = 0.0
-
-    def __call__(self) -> None:
-        this_call = 0.0
-        while self.left > 0 and this_call < self.per_call:
-            this_call += self.window
-            with BackgroundLoad() as load:
-                time.sleep(self.window)
-            self.left -= self.window
-            self.waited += self.window
-            if not load.cores >= self.threshold:  # also stops when /proc/stat is unreadable (NaN)
-                return
 
 
 QUIET = QuietWait(0.0)
@@ -519,39 +448,6 @@ def run_config(name: str, warmup: int, steps: int, quick: bool, adamw: str, prof
 
 
 # ---- report -------------------------------------------------------------------------------------------------
-def machine_info() -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    import transformers
-
-    def git(*cmd: str) -> str:
-        try:
-            return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    return {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "cpu": cpu,
-            "nproc": os.cpu_count(), "torch_threads": torch.get_num_threads(), "ram_gib": round(ram, 1),
-            "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version(), "command": " ".join([Path(sys.executable).name, *sys.argv]),
-            "git_commit": git("rev-parse", "--short", "HEAD"),
-            "model_code_dirty": bool(git("status", "--porcelain", "--", "radfm/model")),
-            "flop_method": FLOP_METHOD}
-
-
-def fmt_table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
-
-
 def report(results: dict[str, Any]) -> str:
     out: list[str] = []
     rows = []
@@ -692,7 +588,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"unknown config(s) {unknown}; choose from {list(IMAGE_SHAPES)}", file=sys.stderr)
         return 2
-    meta = machine_info()
+    meta = machine_info(("torch", "transformers"), dirty={"model_code_dirty": "radfm/model"})
+    meta["flop_method"] = FLOP_METHOD
     meta.update(warmup_steps=warmup, timed_steps=steps, max_seconds_per_mode=max_seconds, adamw=args.adamw,
                 quiet_wait_s=quiet_wait)
     print(f"{meta['cpu']}, {meta['nproc']} CPUs, torch {meta['torch']} ({meta['torch_threads']} threads)", flush=True)
