@@ -49,7 +49,7 @@ class PipelineParams(BaseModel):
     validation_config: str | None = Field(None, description="YAML of thresholds (default conf/validation/default.yaml)")
     validate_images: bool = True
     eval: EvalSpec = Field(default_factory=EvalSpec)
-    register: bool = True
+    registry: bool = Field(True, description="log the model to MLflow and register it as the challenger")
     model_name: str = "radfm"
     gate: str | None = Field(None, description="promotion gate YAML/JSON (default: the built-in gate)")
     promote: bool = True

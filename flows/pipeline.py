@@ -75,14 +75,16 @@ def radfm_pipeline(params: PipelineParams = PipelineParams()) -> dict[str, Any]:
 
     _run(tasks.validate_data, refresh, timings, data["root"], data["manifest"], data["version"],
          params.validation_config, params.validate_images, str(home_path("validation", run_key)))
-    trained = _run(tasks.train_model, refresh, timings, cfg)
+    run_dir = Path(str(cfg["paths"]["runs_dir"])) / cfg["run_name"]
+    # A cached result is only as good as the files it names: refresh a stage whose outputs were deleted.
+    trained = _run(tasks.train_model, refresh or not (run_dir / "model").is_dir(), timings, cfg)
     uri = _tracking_uri(cfg)
-    bench = _run(tasks.radbench, refresh, timings, trained, data["manifest"], data["root"], params.eval,
-                 uri if trained.get("run_id") else None)
+    bench = _run(tasks.radbench, refresh or not (run_dir / "radbench" / "summary.json").is_file(), timings,
+                 trained, data["manifest"], data["root"], params.eval, uri if trained.get("run_id") else None)
     result: dict[str, Any] = {"data_version": data["version"], "run_name": cfg["run_name"],
                               "run_id": trained.get("run_id"), "model_dir": trained["model_dir"],
                               "radbench_dir": bench["dir"], "summary": bench["summary"], "tracking_uri": uri}
-    if params.register:
+    if params.registry:
         example = _first_test_image(data["manifest"], data["root"], params.eval.split)
         reg = _run(tasks.register_model, refresh, timings, trained, bench["dir"], params.model_name, uri, example)
         result.update(version=reg["version"], model_id=reg["model_id"], model_name=params.model_name)
@@ -141,11 +143,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-register", action="store_true")
     parser.add_argument("--no-promote", action="store_true")
     parser.add_argument("--eval-limit", type=int, default=None)
-    parser.add_argument("--data-kind", choices=["config", "dvc"], default="config")
+    parser.add_argument("--data-kind", choices=["config", "dvc"], default="config",
+                        help="config: the Hydra data group; dvc: `dvc pull` of --data-repo/--data-target")
+    parser.add_argument("--data-repo", default=".", help="DVC repository root (--data-kind dvc)")
+    parser.add_argument("--data-target", default="data", help="DVC-tracked folder holding manifest.jsonl")
+    parser.add_argument("--data-version", default=None, help="fail unless the pulled data has this md5")
+    parser.add_argument("--json", default=None, help="also write the run's result (timings, RadBench) here")
     args = parser.parse_args(argv)
     params = PipelineParams(overrides=args.overrides or ["experiment=demo_tiny"], refresh=args.refresh,
-                            gate=args.gate, register=not args.no_register, promote=not args.no_promote,
-                            eval=EvalSpec(limit=args.eval_limit), data=DataSpec(kind=args.data_kind))
+                            gate=args.gate, registry=not args.no_register, promote=not args.no_promote,
+                            eval=EvalSpec(limit=args.eval_limit), data=DataSpec(kind=args.data_kind, repo=args.data_repo, target=args.data_target,
+                                          version=args.data_version))
     t0 = time.perf_counter()
     result = radfm_pipeline(params)
     total = time.perf_counter() - t0
@@ -155,6 +163,13 @@ def main(argv: list[str] | None = None) -> int:
           "   → http://127.0.0.1:4200 (this run is in that database)")
     print(f"\nwhole command: {total:.1f} s (flow {result['timings']['flow_wall_s']:.1f} s; the rest is Prefect's "
           "start-up of its local API)")
+    if args.json:
+        import json
+
+        out = {k: v for k, v in result.items() if k != "summary"}
+        out.update(command_wall_s=total, radbench=result["summary"]["tasks"],
+                   families=result["summary"].get("families", {}))
+        Path(args.json).write_text(json.dumps(out, indent=2, default=str))
     failing = [k for k, v in result["summary"]["tasks"].items() if not v.get("beats_both")]
     if failing:
         print(f"WARNING: the model does not beat both baselines on {failing}: it is not learning from the images")

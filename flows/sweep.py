@@ -23,7 +23,7 @@ class SweepParams(BaseModel):
 
     overrides: list[str] = Field(default_factory=lambda: ["experiment=demo_tiny", "hparams_search=optuna"])
     eval: EvalSpec = Field(default_factory=EvalSpec)
-    register: bool = True
+    registry: bool = Field(True, description="log the model to MLflow and register it as the challenger")
     model_name: str = "radfm"
     timeout_s: float = 6 * 3600
 
@@ -60,6 +60,21 @@ def fetch_model(run_id: str, tracking_uri: str, dst: str) -> dict[str, Any]:
     return {"run_id": run_id, "run_dir": dst, "model_dir": model_dir, "seconds": time.perf_counter() - t0}
 
 
+def base_overrides(overrides: list[str]) -> list[str]:
+    """The overrides of one trial's config without the sweep itself (sweeper choice, sweep values)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    keep = []
+    for text in overrides:
+        if text.startswith(("hparams_search=", "hydra.")):
+            continue
+        if parser.parse_override(text).is_sweep_override():
+            continue
+        keep.append(text)
+    return keep
+
+
 @flow(name="radfm-sweep", log_prints=True, persist_result=True)
 def radfm_sweep(params: SweepParams = SweepParams()) -> dict[str, Any]:  # noqa: B008 (pydantic default)
     """Sweep, then RadBench and register the best trial (it becomes the challenger; promotion is a separate,
@@ -68,7 +83,7 @@ def radfm_sweep(params: SweepParams = SweepParams()) -> dict[str, Any]:  # noqa:
 
     logger = get_run_logger()
     # The data is prepared (and versioned) once here so every trial finds it ready.
-    base = [o for o in params.overrides if not o.startswith(("hparams_search=", "hydra.sweeper"))]
+    base = base_overrides(params.overrides)
     composed = tasks.compose_config("train", base)
     data = tasks.prepare_data(composed["cfg"], DataSpec())
     uri = str(data["cfg"].get("logger", {}).get("tracking_uri") or data["cfg"]["paths"]["mlflow_uri"])
@@ -78,7 +93,7 @@ def radfm_sweep(params: SweepParams = SweepParams()) -> dict[str, Any]:  # noqa:
     bench = tasks.radbench(best, data["manifest"], data["root"], params.eval, uri)
     result: dict[str, Any] = {"best_run_id": sweep["best_run_id"], "radbench_dir": bench["dir"],
                               "summary": bench["summary"]}
-    if params.register:
+    if params.registry:
         reg = tasks.register_model(best, bench["dir"], params.model_name, uri, None)
         result.update(version=reg["version"], model_id=reg["model_id"])
     return result

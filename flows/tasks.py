@@ -2,7 +2,9 @@
 
 Tasks whose work is expensive (validation, training, RadBench, registration) cache their result on their
 inputs, persisted under ``PREFECT_HOME``: a run that failed at task N can be run again (or retried from the
-Prefect UI) and tasks 1…N-1 come back as ``Cached`` instead of being redone. Every task returns the seconds
+Prefect UI) and tasks 1…N-1 come back as ``Cached`` instead of being redone. (The flow refreshes a cached
+training or RadBench result whose files were deleted since: a cache key cannot look at outputs, because the
+key is computed before the task runs and must be the same after it ran.) Every task returns the seconds
 of its own work so the flow can report how much of its wall time the orchestration cost.
 """
 
@@ -35,14 +37,6 @@ def inputs_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     return f"{context.task.name}-{CACHE_VERSION}-{_digest(parameters)}"
 
 
-def outputs_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    """Like :func:`inputs_key`, but only while the files the cached result points at still exist: a deleted run
-    folder makes the key new, so the task runs again instead of returning paths to nothing."""
-    folder = Path(str(parameters["cfg"]["paths"]["runs_dir"])) / str(parameters["cfg"]["run_name"])
-    present = (folder / "model").is_dir()
-    return inputs_key(context, parameters) + ("" if present else f"-absent-{time.time_ns()}")
-
-
 def _transient(task_: Any, task_run: Any, state: Any) -> bool:
     """Retry only what a retry can fix: a service that did not answer, not a bad input."""
     try:
@@ -50,6 +44,8 @@ def _transient(task_: Any, task_run: Any, state: Any) -> bool:
     except (ConnectionError, TimeoutError, OSError) as exc:
         return not isinstance(exc, (FileNotFoundError, PermissionError))
     except Exception as exc:  # MLflow wraps HTTP failures in MlflowException
+        if type(exc).__name__ == "VersioningError":  # a DVC pull/push that the S3 endpoint did not answer
+            return True
         return type(exc).__name__ == "MlflowException" and "RESOURCE_DOES_NOT_EXIST" not in str(exc)
     return False
 
@@ -140,7 +136,7 @@ def validate_data(root: str, manifest: str, version: str, config: str | None, im
     return {"json": str(report.json_path), "docs": str(report.docs_path), "seconds": time.perf_counter() - t0}
 
 
-@task(name="train", cache_key_fn=outputs_key)
+@task(name="train", cache_key_fn=inputs_key)
 def train_model(cfg: dict[str, Any]) -> dict[str, Any]:
     """``radfm.train.train(cfg)`` (one Lightning process or Ray Train, as ``trainer`` says)."""
     from omegaconf import OmegaConf

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# Prefect reads PREFECT_HOME when it is first imported (at collection, before any fixture runs): point it at a
+# folder of this session so persisted task results and caches never leak between test sessions.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="radfm-test-prefect-")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"

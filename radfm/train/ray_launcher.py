@@ -72,7 +72,12 @@ def connect_ray(rcfg: DictConfig, needed_cpus: float) -> bool:
         return False
     if rcfg.get("address"):
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        ray.init(address=str(rcfg.address), configure_logging=False)
+        address = str(rcfg.address)
+        if address.split(":")[0] in ("127.0.0.1", "localhost"):
+            # Without it a driver joining a loopback head picks the machine's network IP as its own node address
+            # and waits forever for a node that never appears (seen with `radfm services up`'s Ray head).
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        ray.init(address=address, configure_logging=False)
         return True
     cpus = int(rcfg.get("local_num_cpus") or os.cpu_count() or 1)
     if needed_cpus > cpus:

@@ -1,0 +1,99 @@
+"""The radfm-pipeline flow end to end on a tiny config, a failed run resumed from its failed task, and the
+retrain flow skipping unchanged data and training on changed data — on a real Prefect API (test harness),
+a real MLflow store and registry, and real files."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+
+from flows.params import EvalSpec, PipelineParams
+from flows.pipeline import radfm_pipeline
+from flows.retrain import RetrainParams, radfm_retrain
+
+EVAL = EvalSpec(batch_size=8, max_new_tokens=24, embedding=False)
+WORK_STAGES = ["validate-data", "train", "radbench", "register"]
+
+
+def params(overrides: list[str], **kw) -> PipelineParams:
+    return PipelineParams(overrides=overrides, eval=EVAL, **kw)
+
+
+@pytest.fixture(scope="module")
+def first_run(prefect_harness, pipeline_overrides, flow_home):
+    p = params(pipeline_overrides(), model_name="radfm-e2e")
+    return p, radfm_pipeline(p), flow_home
+
+
+def client(flow_home):
+    return mlflow.MlflowClient(tracking_uri=f"sqlite:///{flow_home}/mlflow.db")
+
+
+def test_pipeline_runs_from_data_to_champion(first_run):
+    p, result, home = first_run
+    stages = result["timings"]["stages"]
+    assert list(stages) == ["compose-config", "prepare-data", "validate-data", "train", "radbench", "register",
+                            "promote"]
+    assert all(s["state"] == "Completed" for s in stages.values()), stages
+    # The first version has no champion to beat and the default gate has no floors: it becomes champion.
+    assert result["version"] == "1" and result["decision"]["promoted"] is True
+    c = client(home)
+    champion = c.get_model_version_by_alias("radfm-e2e", "champion")
+    assert str(champion.version) == "1"
+    assert champion.tags["radfm.data_version"] == result["data_version"]
+    assert champion.run_id == result["run_id"]
+    assert any(k.startswith("radbench.") for k in champion.tags), champion.tags
+    run = c.get_run(result["run_id"])
+    assert any(k.startswith("radbench/tasks/") for k in run.data.metrics)
+    assert run.data.tags["radfm.data_version"] == result["data_version"]
+    t = result["timings"]
+    assert 0 < t["work_s"] <= t["flow_wall_s"] and t["overhead_s"] >= 0
+    assert (home / "home" / "runs" / result["run_name"] / "radbench" / "report.html").is_file()
+
+
+def test_pipeline_publishes_a_markdown_artifact(first_run):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async def read():
+        async with get_client() as c:
+            return await c.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["radfm-pipeline"])))
+
+    import asyncio
+
+    artifacts = asyncio.run(read())
+    assert artifacts and "RadBench" in artifacts[-1].data and "orchestration" in artifacts[-1].data
+
+
+def test_failed_run_resumes_from_the_failed_task(prefect_harness, pipeline_overrides, flow_home, tmp_path):
+    gate = tmp_path / "gate.yaml"  # absent on the first run: promotion fails after registration
+    p = params(pipeline_overrides("seed=1"), model_name="radfm-resume", gate=str(gate))
+    state = radfm_pipeline(p, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(FileNotFoundError, match="gate.yaml"):
+        state.result()
+    c = client(flow_home)
+    assert [str(v.version) for v in c.search_model_versions("name='radfm-resume'")] == ["1"]
+
+    gate.write_text("max_regression: {'*': 1.0}\n")
+    result = radfm_pipeline(p)
+    stages = result["timings"]["stages"]
+    assert [stages[s]["state"] for s in WORK_STAGES] == ["Cached"] * len(WORK_STAGES), stages
+    assert stages["promote"]["state"] == "Completed" and result["decision"]["promoted"] is True
+    # Cached work costs nothing this time, and the model was registered once, not twice.
+    assert all(stages[s]["work_s"] == 0.0 for s in WORK_STAGES)
+    assert [str(v.version) for v in c.search_model_versions("name='radfm-resume'")] == ["1"]
+
+
+def test_retrain_skips_unchanged_data_and_trains_on_changed_data(first_run, pipeline_overrides, flow_home):
+    p, first, home = first_run
+    same = radfm_retrain(RetrainParams(pipeline=p))
+    assert same["action"] == "skipped" and same["data_version"] == first["data_version"]
+
+    changed = p.model_copy(update={"overrides": pipeline_overrides("data.synth.seed=3",
+                                                                   data_dir=flow_home / "data-v2")})
+    out = radfm_retrain(RetrainParams(pipeline=changed))
+    assert out["action"] == "trained" and out["trained_on"] == first["data_version"]
+    assert out["data_version"] != first["data_version"]
+    assert out["pipeline"]["version"] == "2"
+    assert client(home).get_model_version("radfm-e2e", "2").tags["radfm.data_version"] == out["data_version"]
