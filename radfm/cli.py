@@ -264,6 +264,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from radfm.data import synth
 
         return int(synth.main(argv[1:]) or 0)
+    if argv[:1] == ["demo"] and "--quick" not in argv and not {"-h", "--help"} & set(argv):
+        # The main job: the pipeline flow on the embedded default (its parser takes --refresh, overrides …).
+        return _flows_module("pipeline", argv[1:])
     if argv[:1] == ["pipeline"]:
         # The flow's own parser owns the command line (Hydra overrides, --refresh, --gate …).
         return _flows_module("pipeline", argv[1:])
