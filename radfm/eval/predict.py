@@ -21,35 +21,78 @@ class Prediction:
     probs: dict[str, float] = field(default_factory=dict)
 
 
-def _images(ds: RadFMDataset, sample: Sample, order: Sequence[int], ablate: bool) -> list[torch.Tensor]:
-    imgs = ds.load_images(sample)
-    imgs = [imgs[k] for k in order]
-    # The image-ablated baseline: same model, same text, every image replaced by zeros.
-    return [torch.zeros_like(x) for x in imgs] if ablate else imgs
+class _ImageFeatures:
+    """Each sample's images loaded and encoded once (``N_i×K×hidden``, in the sample's image order), shared by
+    every row that shows them: a closed question's candidates all reuse one encoding. In the image-ablated
+    system every image is zeros, so its features depend on its shape alone and are encoded once per shape."""
+
+    def __init__(self, model: RadFMModel, ds: RadFMDataset, samples: Sequence[Sample], ablate: bool) -> None:
+        self.model, self.ds, self.samples, self.ablate = model, ds, samples, ablate
+        self.by_sample: dict[int, torch.Tensor | None] = {}
+        self.zeros: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def load(self, indices: Sequence[int]) -> None:
+        """Encode the samples of ``indices`` not held yet, all in one ``encode_images`` call."""
+        todo = [i for i in dict.fromkeys(indices) if i not in self.by_sample]
+        loaded = {i: self.ds.load_images(self.samples[i]) if self.samples[i].images else [] for i in todo}
+        if self.ablate:
+            for i, imgs in loaded.items():
+                for x in imgs:
+                    shape = tuple(x.shape)
+                    if shape not in self.zeros:
+                        self.zeros[shape] = self.model.encode_images([torch.zeros_like(x)])[0]
+                self.by_sample[i] = torch.stack([self.zeros[tuple(x.shape)] for x in imgs]) if imgs else None
+            return
+        flat = [x for i in todo for x in loaded[i]]
+        feats = self.model.encode_images(flat) if flat else None
+        at = 0
+        for i in todo:
+            n = len(loaded[i])
+            self.by_sample[i] = feats[at:at + n] if n and feats is not None else None
+            at += n
+
+    def rows(self, items: Sequence[tuple[int, Sequence[int]]]) -> torch.Tensor | None:
+        """``(sample index, image order)`` per batch row → the batch's features in block order, or None."""
+        parts = []
+        for i, order in items:
+            feats = self.by_sample[i]
+            if feats is not None and len(order):
+                parts.append(feats[list(order)])
+        return torch.cat(parts) if parts else None
+
+    def drop(self, indices: Sequence[int]) -> None:
+        for i in indices:
+            self.by_sample.pop(i, None)
 
 
 @torch.no_grad()
 def predict(model: RadFMModel, tokenizer: RadFMTokenizer, samples: Sequence[Sample], ds: RadFMDataset,
             batch_size: int = 16, max_new_tokens: int = 128, ablate: bool = False) -> list[Prediction]:
-    """Answer every sample: ``choices`` → rank by log p(answer | prompt, images); otherwise greedy generation."""
+    """Answer every sample: ``choices`` → rank by log p(answer | prompt, images); otherwise greedy generation.
+
+    Each sample's images are encoded once, however many candidate rows score them.
+    """
     model.eval()
     out: list[Prediction | None] = [None] * len(samples)
     positions = [[ref.position for ref in s.images] for s in samples]
+    features = _ImageFeatures(model, ds, samples, ablate)
 
     # Closed questions: one row per (sample, candidate); the softmax over candidates gives probabilities.
     rows: list[tuple[int, str]] = [(i, c) for i, s in enumerate(samples) if s.choices for c in s.choices]
+    last_row = {i: r for r, (i, _) in enumerate(rows)}
     scores: dict[tuple[int, str], float] = {}
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
-        encs, images = [], []
-        for i, cand in chunk:
-            enc = tokenizer.format_prompt(samples[i].question, cand, positions[i])
-            encs.append(enc)
-            images += _images(ds, samples[i], enc.image_order, ablate)
+        encs = [tokenizer.format_prompt(samples[i].question, cand, positions[i]) for i, cand in chunk]
+        features.load([i for i, _ in chunk])
+        feats = features.rows([(i, enc.image_order) for (i, _), enc in zip(chunk, encs)])
         batch = tokenizer.pad(encs, side="right")
-        logp = model.sequence_logprob(batch["input_ids"], batch["attention_mask"], batch["labels"], images or None)
+        logp = model.sequence_logprob(batch["input_ids"], batch["attention_mask"], batch["labels"],
+                                      image_features=feats)
         for (i, cand), value in zip(chunk, logp.tolist()):
             scores[(i, cand)] = value
+        # A sample whose candidates are all scored never comes back: free its features.
+        features.drop([i for i, _ in chunk if last_row[i] < start + batch_size])
     for i, s in enumerate(samples):
         if s.choices:
             logits = torch.tensor([scores[(i, c)] for c in s.choices])
@@ -60,15 +103,13 @@ def predict(model: RadFMModel, tokenizer: RadFMTokenizer, samples: Sequence[Samp
     open_idx = [i for i, s in enumerate(samples) if not s.choices]
     for start in range(0, len(open_idx), batch_size):
         chunk = open_idx[start:start + batch_size]
-        encs, images = [], []
-        for i in chunk:
-            enc = tokenizer.format_prompt(samples[i].question, None, positions[i])
-            encs.append(enc)
-            images += _images(ds, samples[i], enc.image_order, ablate)
+        encs = [tokenizer.format_prompt(samples[i].question, None, positions[i]) for i in chunk]
+        features.load(chunk)
+        feats = features.rows([(i, enc.image_order) for i, enc in zip(chunk, encs)])
+        features.drop(chunk)
         batch = tokenizer.pad(encs, side="left")
-        new = model.generate(batch["input_ids"], batch["attention_mask"], images or None,
-                             max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_id,
-                             pad_token_id=tokenizer.pad_id)
+        new = model.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=max_new_tokens,
+                             eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id, image_features=feats)
         for i, row in zip(chunk, new.tolist()):
             out[i] = Prediction(tokenizer.decode(row))
     return [p for p in out if p is not None]

@@ -117,6 +117,15 @@ def summarise(samples: Sequence[Sample], systems: dict[str, Sequence[Prediction]
         groups["tasks"].setdefault(s.task, []).append(i)
         groups["families"].setdefault(f"{s.task}/{family(s)}", []).append(i)
     result: dict[str, Any] = {}
+    # A task's family groups are the families level's groups again: score each (system, group) once.
+    scored_cache: dict[tuple[str, tuple[int, ...]], dict[str, float]] = {}
+
+    def scored_group(name: str, preds: Sequence[Prediction], f: list[int]) -> dict[str, float]:
+        key = (name, tuple(f))
+        if key not in scored_cache:
+            scored_cache[key] = score_group([samples[i] for i in f], [preds[i] for i in f], embedding)
+        return dict(scored_cache[key])
+
     for level, by_key in groups.items():
         result[level] = {}
         for key, idx in sorted(by_key.items()):
@@ -126,7 +135,7 @@ def summarise(samples: Sequence[Sample], systems: dict[str, Sequence[Prediction]
                 fams: dict[str, list[int]] = {}
                 for i in idx:
                     fams.setdefault(family(samples[i]) + str(bool(samples[i].choices)), []).append(i)
-                scored = [score_group([samples[i] for i in f], [preds[i] for i in f], embedding) for f in fams.values()]
+                scored = [scored_group(name, preds, f) for f in fams.values()]
                 if len(scored) == 1:
                     entry[name] = scored[0]
                 else:

@@ -80,12 +80,25 @@ class RadFMModel(nn.Module):
             out[idx] = feats
         return out
 
-    def embed(self, input_ids: torch.Tensor, images: Images = None) -> torch.Tensor:
-        """``B×T`` ids (+ images) → ``B×T×hidden`` input embeddings with image features scattered in."""
+    def embed(self, input_ids: torch.Tensor, images: Images = None,
+              image_features: torch.Tensor | None = None) -> torch.Tensor:
+        """``B×T`` ids (+ images) → ``B×T×hidden`` input embeddings with image features scattered in.
+
+        ``image_features`` (``N×K×hidden``, from :meth:`encode_images`, in the order of the image blocks)
+        replace ``images``: a caller that scores one image under many texts encodes it once.
+        """
         embeds = self.lm.get_input_embeddings()(input_ids)
         is_patch = input_ids == self.image_patch_id
         n_slots = int(is_patch.sum())
-        feats = self.encode_images(images)
+        if image_features is not None and images is not None:
+            raise ValueError("pass images or image_features, not both")
+        if image_features is not None:
+            if image_features.dim() != 3:
+                raise ValueError(f"image_features must be N×K×hidden (rank 3), got shape "
+                                 f"{tuple(image_features.shape)}")
+            feats = image_features if image_features.shape[0] else None
+        else:
+            feats = self.encode_images(images)
         n_feats = 0 if feats is None else feats.shape[0] * feats.shape[1]
         if n_slots != n_feats:
             k = self.cfg.num_image_tokens
@@ -106,13 +119,14 @@ class RadFMModel(nn.Module):
         images: Images = None,
         labels: torch.Tensor | None = None,
         loss_weights: torch.Tensor | None = None,
+        image_features: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Return ``logits`` (B×T×V) and, with ``labels`` (B×T, -100 ignored), the answer-only ``loss``.
 
         ``loss_weights`` (B×T, float) up-weights chosen answer tokens (e.g. clinical terms); the loss is
-        the weighted mean over answer tokens.
+        the weighted mean over answer tokens. ``image_features``: see :meth:`embed`.
         """
-        embeds = self.embed(input_ids, images)
+        embeds = self.embed(input_ids, images, image_features)
         out = self.lm(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False)
         logits = out.logits
         result = {"logits": logits}
@@ -135,17 +149,18 @@ class RadFMModel(nn.Module):
         eos_token_id: int | None = None,
         pad_token_id: int | None = None,
         use_cache: bool = True,
+        image_features: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Left-padded prompts ``B×T`` → new tokens ``B×T_new`` (padded with ``pad_token_id`` after EOS).
 
         Greedy by default; sampling with ``do_sample``. Uses the LM's KV cache through
-        ``generate(inputs_embeds=…)``.
+        ``generate(inputs_embeds=…)``. ``image_features``: see :meth:`embed`.
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if attention_mask.shape[0] > 1 and bool((attention_mask[:, -1] == 0).any()):
             raise ValueError("batched generation needs left padding: a prompt ends in padding")
-        embeds = self.embed(input_ids, images)
+        embeds = self.embed(input_ids, images, image_features)
         if not use_cache:
             # transformers turns the cache back on when generate() gets inputs_embeds: recompute by hand.
             if do_sample:
@@ -176,7 +191,9 @@ class RadFMModel(nn.Module):
         out = []
         for _ in range(steps):
             pos = (mask.cumsum(-1) - 1).clamp_min(0)
-            logits = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=False).logits
+            # Only the last position's logits are used: skip the LM head everywhere else.
+            logits = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=False,
+                             logits_to_keep=1).logits
             last = logits[:, -1].float()
             if self.suppress_ids:
                 last[:, self.suppress_ids] = float("-inf")
@@ -199,13 +216,20 @@ class RadFMModel(nn.Module):
         attention_mask: torch.Tensor,
         labels: torch.Tensor,
         images: Images = None,
+        image_features: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Sum of log p(label tokens) per row, ``B``: used to rank closed-set answers by likelihood."""
-        logits = self.forward(input_ids, attention_mask, images)["logits"][:, :-1].float()
+        """Sum of log p(label tokens) per row, ``B``: used to rank closed-set answers by likelihood.
+
+        ``image_features``: see :meth:`embed`.
+        """
+        logits = self.forward(input_ids, attention_mask, images, image_features=image_features)["logits"][:, :-1]
         target = labels[:, 1:]
         mask = target != IGNORE_INDEX
-        logp = torch.log_softmax(logits, dim=-1).gather(-1, target.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-        return (logp * mask).sum(-1)
+        # The softmax is taken only where a label is scored (the answer tokens), not over the whole prompt.
+        logp = torch.zeros(target.shape, dtype=torch.float32, device=logits.device)
+        picked = logits[mask].float()
+        logp[mask] = torch.log_softmax(picked, dim=-1).gather(-1, target[mask].unsqueeze(-1)).squeeze(-1)
+        return logp.sum(-1)
 
 
 def answer_loss(
