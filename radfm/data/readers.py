@@ -172,12 +172,22 @@ def _read_nifti(path: Path) -> ImageData:
         img = img.slicer[..., 0]
     elif len(shape) not in (2, 3):
         raise _ReadError(f"unsupported NIfTI with {len(shape)} dimensions {tuple(shape)} (expected 2, 3, 4)")
+    slice_axis = 2
     if len(shape) >= 3:
-        img = nib.as_closest_canonical(img)  # one orientation (RAS) for every volume the model sees
-        meta["orientation"] = "".join(nib.aff2axcodes(img.affine))
+        # Where the acquisition's slice axis lands in RAS order (0 for a sagittal stack, 1 for coronal).
+        slice_axis = int(nib.io_orientation(img.affine)[2, 0])
+        img = nib.as_closest_canonical(img)  # every axis points the same way (R, A, S) for every volume
     # dataobj applies the header's scl_slope/inter; _as_chwd then casts and lays out in a single pass
     data = _numeric(np.asanyarray(img.dataobj), "NIfTI data")
     zooms = [_positive(z) for z in img.header.get_zooms()[:3]] + [1.0, 1.0]
+    if len(shape) >= 3:
+        # ...but the slice axis stays last: the model's depth is the number of slices (patches are 4 slices
+        # deep, depth is bucketed), so a 16-slice sagittal stack must not become 64 "slices" of 16-pixel rows.
+        order = [a for a in range(3) if a != slice_axis] + [slice_axis]
+        data = np.transpose(data, order) if data.ndim == 3 else data
+        zooms = [zooms[a] for a in order] + [1.0, 1.0]
+        codes = nib.aff2axcodes(img.affine)
+        meta["orientation"] = "".join(codes[a] for a in order)
     return ImageData(_as_chwd(data, channels_last=False), (zooms[0], zooms[1], zooms[2]), None, meta)
 
 

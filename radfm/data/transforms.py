@@ -29,7 +29,7 @@ Data = dict[str, Any]
 NORMALIZE_MODES = ("auto", "ct_window", "percentile")
 DEFAULT_BUCKETS: tuple[int, ...] = tuple(range(4, 65, 4))  # RadFM: depth 4…64 in steps of 4
 # Bump when the deterministic transforms change what they compute: cached tensors from before then miss.
-PREPROCESS_VERSION = 1
+PREPROCESS_VERSION = 2  # 2: NIfTI slice axis kept last (readers)
 # Percentiles come from about this many evenly strided voxels: np.percentile's partition of a whole volume
 # costs more than the resize, and 16k samples pin the 0.5th percentile to within ~0.1 percentile point.
 PERCENTILE_SAMPLES = 1 << 14

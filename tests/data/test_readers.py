@@ -418,3 +418,18 @@ def test_constant_is_allowed_on_request(tmp_path: Path) -> None:
     path, _ = _broken("constant", tmp_path)
     img = read_image(path, allow_constant=True)
     assert img.array.shape == (1, 16, 16, 8) and float(img.array.max()) == 42.0
+
+
+def test_nifti_sagittal_stack_keeps_its_slices_last(tmp_path: Path) -> None:
+    """A 16-slice sagittal stack is canonicalised (axes point R, A, S) but its slice axis stays the depth."""
+    arr = np.random.default_rng(0).random((32, 24, 16)).astype(np.float32)  # rows, columns, 16 sagittal slices
+    # Rows run inferior, columns posterior, slices left→right (the slice axis is the RAS x axis).
+    affine = np.array([[0, 0, 2.5, 0], [0, -1.0, 0, 0], [-1.0, 0, 0, 0], [0, 0, 0, 1]], dtype=float)
+    path = tmp_path / "sag.nii.gz"
+    nib.save(nib.Nifti1Image(arr, affine), path)
+    img = read_image(path)
+    assert img.array.shape == (1, 24, 32, 16)  # (A, S, R): in-plane first, the 16 slices last
+    assert img.meta["orientation"] == "ASR"
+    assert img.spacing == pytest.approx((1.0, 1.0, 2.5))
+    canon = nib.as_closest_canonical(nib.load(path)).get_fdata()  # (R, A, S)
+    np.testing.assert_allclose(img.array[0], np.transpose(canon, (1, 2, 0)), rtol=1e-6)
