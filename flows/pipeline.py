@@ -19,8 +19,6 @@ from prefect.artifacts import create_markdown_artifact
 from flows import tasks
 from flows.params import DataSpec, EvalSpec, PipelineParams
 
-STAGES = ("compose-config", "prepare-data", "validate-data", "train", "radbench", "register", "promote")
-
 
 def _run(task_fn: Any, refresh: bool, timings: dict[str, dict[str, Any]], *args: Any, **kwargs: Any) -> Any:
     """Call a task, record its state (Completed / Cached) and the seconds of its own work, and re-raise its
@@ -73,14 +71,18 @@ def radfm_pipeline(params: PipelineParams = PipelineParams()) -> dict[str, Any]:
     cfg["run_name"] = f"pipeline-{run_key}"
     logger.info("data version %s, run %s", data["version"], cfg["run_name"])
 
+    uri = _tracking_uri(cfg)
+    if uri.startswith(("http://", "https://")):
+        _run(tasks.check_tracking, False, timings, uri)
+    validation_dir = str(home_path("validation", run_key))
     _run(tasks.validate_data, refresh, timings, data["root"], data["manifest"], data["version"],
-         params.validation_config, params.validate_images, str(home_path("validation", run_key)))
+         params.validation_config, params.validate_images, validation_dir)
     run_dir = Path(str(cfg["paths"]["runs_dir"])) / cfg["run_name"]
     # A cached result is only as good as the files it names: refresh a stage whose outputs were deleted.
     trained = _run(tasks.train_model, refresh or not (run_dir / "model").is_dir(), timings, cfg)
-    uri = _tracking_uri(cfg)
     bench = _run(tasks.radbench, refresh or not (run_dir / "radbench" / "summary.json").is_file(), timings,
-                 trained, data["manifest"], data["root"], params.eval, uri if trained.get("run_id") else None)
+                 trained, data["manifest"], data["root"], params.eval, uri if trained.get("run_id") else None,
+                 validation_dir)
     result: dict[str, Any] = {"data_version": data["version"], "run_name": cfg["run_name"],
                               "run_id": trained.get("run_id"), "model_dir": trained["model_dir"],
                               "radbench_dir": bench["dir"], "summary": bench["summary"], "tracking_uri": uri}

@@ -151,11 +151,22 @@ def train_model(cfg: dict[str, Any]) -> dict[str, Any]:
             "metrics": {k: float(v) for k, v in metrics.items()}, "seconds": time.perf_counter() - t0}
 
 
+@task(name="check-tracking", retries=3, retry_delay_seconds=[2, 5, 15], retry_condition_fn=_transient)
+def check_tracking(tracking_uri: str) -> dict[str, Any]:
+    """A short probe of an http(s) tracking server before any work that needs it (MLflow's own client retries
+    for minutes before it reports a dead server)."""
+    from radfm.registry.registry import health_check
+
+    t0 = time.perf_counter()
+    health_check(tracking_uri)
+    return {"seconds": time.perf_counter() - t0}
+
+
 @task(name="radbench", cache_key_fn=inputs_key)
 def radbench(trained: dict[str, Any], manifest: str, root: str, spec: EvalSpec,
-             tracking_uri: str | None) -> dict[str, Any]:
+             tracking_uri: str | None, validation_dir: str | None = None) -> dict[str, Any]:
     """RadBench on the test split beside the blind and image-ablated baselines; files and metrics go to the
-    training run in MLflow (when it has one)."""
+    training run in MLflow (when it has one), with the data validation report that cleared the data."""
     from radfm.eval.radbench import evaluate_checkpoint, log_to_mlflow
 
     t0 = time.perf_counter()
@@ -167,6 +178,8 @@ def radbench(trained: dict[str, Any], manifest: str, root: str, spec: EvalSpec,
         mlflow.set_tracking_uri(tracking_uri)
         with mlflow.start_run(run_id=trained["run_id"]):
             log_to_mlflow(summary, out_dir)
+            if validation_dir and Path(validation_dir).is_dir():
+                mlflow.log_artifacts(validation_dir, "validation")
     return {"dir": str(out_dir), "summary": summary, "seconds": time.perf_counter() - t0}
 
 

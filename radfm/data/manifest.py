@@ -6,6 +6,7 @@ or a symlink pointing out — is rejected.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
@@ -141,36 +142,7 @@ def read_manifest(
     if on_error == "quarantine" and quarantine is None:
         raise ValueError("on_error='quarantine' needs a Quarantine to write rejected rows to")
     path_s = str(path)
-    rows: list[tuple[str, dict[str, Any] | None, str | None]] = []
-    if path_s.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        with _open(path_s) as f:
-            table = pq.read_table(f)
-        meta = table.schema.metadata or {}
-        version = meta.get(b"radfm_schema_version", b"").decode()
-        _check_version(version, path_s)
-        for i, rec in enumerate(table.to_pylist()):
-            for key in ("images", "labels", "choices", "meta"):
-                if isinstance(rec.get(key), str):
-                    rec[key] = json.loads(rec[key])
-            rows.append((f"{path_s} row {i}", rec, None))
-    elif path_s.endswith((".jsonl", ".json")):
-        with _open(path_s, "rt") as f:
-            for i, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    rows.append((f"{path_s} line {i}", None, f"not valid JSON ({exc.msg})"))
-                    continue
-                if isinstance(rec, dict) and "__manifest__" in rec:
-                    _check_version(str(rec["__manifest__"].get("schema_version", "")), path_s)
-                    continue
-                rows.append((f"{path_s} line {i}", rec, None if isinstance(rec, dict) else "not an object"))
-    else:
-        raise ValueError(f"manifest {path_s} must end in .jsonl or .parquet")
+    rows = [(f"{path_s} {where}", rec, problem) for where, rec, problem in read_records(path_s)]
     samples: list[Sample] = []
     seen: set[str] = set()
     for where, rec, problem in rows:
@@ -187,6 +159,46 @@ def read_manifest(
                 raise
             quarantine.add(err, "manifest")
     return samples
+
+
+def read_records(path: str | Path) -> list[tuple[str, dict[str, Any] | None, str | None]]:
+    """The manifest's rows as plain dicts, before any schema check: ``(where, record, problem)`` with ``where``
+    ``line N`` (JSONL, header skipped and its schema version checked) or ``row N`` (Parquet); a row that is not
+    a JSON object has ``record`` None and says why in ``problem``. Shared by :func:`read_manifest` and the
+    validation suites (which must see bad rows to name them)."""
+    path_s = str(path)
+    rows: list[tuple[str, dict[str, Any] | None, str | None]] = []
+    if path_s.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        with _open(path_s) as f:
+            table = pq.read_table(f)
+        version = (table.schema.metadata or {}).get(b"radfm_schema_version", b"").decode()
+        _check_version(version, path_s)
+        for i, rec in enumerate(table.to_pylist()):
+            for key in ("images", "labels", "choices", "meta"):
+                if isinstance(rec.get(key), str):  # write_manifest stores nested fields as JSON text
+                    with contextlib.suppress(json.JSONDecodeError):  # left as text: the schema check names it
+                        rec[key] = json.loads(rec[key])
+            rows.append((f"row {i}", rec, None))
+    elif path_s.endswith((".jsonl", ".json")):
+        with _open(path_s, "rt") as f:
+            for i, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    rows.append((f"line {i}", None, f"not valid JSON ({exc.msg})"))
+                    continue
+                if isinstance(rec, dict) and "__manifest__" in rec:
+                    _check_version(str((rec["__manifest__"] or {}).get("schema_version", "")), path_s)
+                    continue
+                rows.append((f"line {i}", rec if isinstance(rec, dict) else None,
+                             None if isinstance(rec, dict) else "not a JSON object"))
+    else:
+        raise ValueError(f"manifest {path_s} must end in .jsonl or .parquet")
+    return rows
 
 
 def _check_version(version: str, path: str) -> None:

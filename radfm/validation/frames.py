@@ -8,9 +8,7 @@ Group keys (patient, study, scene) are hashed at once and never stored in a tabl
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
 import random
 import string
 from collections import Counter, defaultdict
@@ -23,7 +21,7 @@ import pandas as pd
 from pydantic import ValidationError
 
 from radfm.data.errors import SampleError
-from radfm.data.manifest import SCHEMA_VERSION, Sample, resolve_image_path
+from radfm.data.manifest import Sample, read_records, resolve_image_path
 from radfm.validation.config import ValidationConfig
 
 FIELDS = tuple(Sample.model_fields)  # id, task, split, question, answer, images, source, labels, choices, meta
@@ -54,46 +52,7 @@ class ManifestTables:
 
 def read_raw_rows(path: str | Path) -> list[RawRow]:
     """JSONL (header line skipped, schema version checked) or Parquet records as plain dicts."""
-    import fsspec
-
-    path_s = str(path)
-    rows: list[RawRow] = []
-    if path_s.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        with fsspec.open(path_s, "rb") as f:
-            table = pq.read_table(f)
-        version = (table.schema.metadata or {}).get(b"radfm_schema_version", b"").decode()
-        _check_version(version, path_s)
-        for i, rec in enumerate(table.to_pylist()):
-            for key in ("images", "labels", "choices", "meta"):
-                if isinstance(rec.get(key), str):  # write_manifest stores nested fields as JSON text
-                    with contextlib.suppress(json.JSONDecodeError):  # left as text: the schema check names it
-                        rec[key] = json.loads(rec[key])
-            rows.append(RawRow(f"row {i}", rec))
-    elif path_s.endswith((".jsonl", ".json")):
-        with fsspec.open(path_s, "rt") as f:
-            for i, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    rows.append(RawRow(f"line {i}", None, f"not valid JSON ({exc.msg})"))
-                    continue
-                if isinstance(rec, dict) and "__manifest__" in rec:
-                    _check_version(str((rec["__manifest__"] or {}).get("schema_version", "")), path_s)
-                    continue
-                rows.append(RawRow(f"line {i}", rec if isinstance(rec, dict) else None,
-                                   None if isinstance(rec, dict) else "not a JSON object"))
-    else:
-        raise ValueError(f"manifest {path_s} must end in .jsonl or .parquet")
-    return rows
-
-
-def _check_version(version: str, path: str) -> None:
-    if version and version.split(".")[0] != SCHEMA_VERSION.split(".")[0]:
-        raise ValueError(f"manifest {path} has schema version {version}; this radfm reads {SCHEMA_VERSION}")
+    return [RawRow(where, rec, problem) for where, rec, problem in read_records(path)]
 
 
 def _text(value: Any) -> str | None:

@@ -50,3 +50,13 @@ def test_flows_list_cli(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "nightly-retrain" in out and "0 2 * * *" in out
+
+
+def test_radfm_flows_and_pipeline_cli_hand_over_to_flows(capfd):
+    from radfm.cli import main as radfm_main
+
+    assert radfm_main(["flows", "list"]) == 0
+    assert "weekly-sweep" in capfd.readouterr().out
+    assert radfm_main(["pipeline", "--help"]) == 0
+    out = capfd.readouterr().out
+    assert "--refresh" in out and "--data-kind" in out

@@ -46,6 +46,8 @@ def test_pipeline_runs_from_data_to_champion(first_run):
     run = c.get_run(result["run_id"])
     assert any(k.startswith("radbench/tasks/") for k in run.data.metrics)
     assert run.data.tags["radfm.data_version"] == result["data_version"]
+    logged = {a.path for a in c.list_artifacts(result["run_id"], "validation")}
+    assert "validation/validation.json" in logged  # the Great Expectations report that cleared the data
     t = result["timings"]
     assert 0 < t["work_s"] <= t["flow_wall_s"] and t["overhead_s"] >= 0
     assert (home / "home" / "runs" / result["run_name"] / "radbench" / "report.html").is_file()
