@@ -49,6 +49,7 @@ class ResamplerConfig:
     dim_head: int = 64
     ff_mult: int = 4
     num_latents: int = 32
+    latent_init_std: float = 0.02  # RadFM: 1.0 (see PerceiverResampler: small latents let images through)
 
 
 @dataclass

@@ -50,7 +50,12 @@ class PerceiverResampler(nn.Module):
     def __init__(self, cfg: ResamplerConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.latents = nn.Parameter(torch.randn(cfg.num_latents, cfg.dim))
+        # Small latents (RadFM/open_flamingo: std 1). With std-1 latents the residual stream of every layer is
+        # dominated by the image-independent latents: measured on a tiny model after 600 steps on MedMD-synth,
+        # the output varied across images by 5% of its spread and the LM learned to ignore images. Small
+        # latents let the first cross-attention read-out (which depends on the image) dominate from step 0.
+        # An imported checkpoint overwrites them anyway.
+        self.latents = nn.Parameter(torch.randn(cfg.num_latents, cfg.dim) * cfg.latent_init_std)
         self.attn_layers = nn.ModuleList(
             PerceiverAttention(cfg.dim, cfg.heads, cfg.dim_head) for _ in range(cfg.layers)
         )

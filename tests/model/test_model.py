@@ -223,3 +223,21 @@ def test_padding_side_for_generation_is_checked(tiny_model, tiny_tokenizer):
     b, _ = batch(tiny_tokenizer, [("Is there?", None, ["start"]), ("Is there a nodule here?", None, ["start"])])
     with pytest.raises(ValueError, match="left padding"):
         tiny_model.generate(b["input_ids"], b["attention_mask"], torch.randn(2, 3, S, S, 4))
+
+
+def test_resampler_output_depends_on_the_image_at_init(tiny_cfg):
+    """With RadFM's std-1 latents the resampled features hardly varied across images (5% of their spread) and a
+    trained model ignored its images; small latents must let the image through from the first step."""
+    import torch
+
+    from radfm.model.resampler import PerceiverResampler
+
+    torch.manual_seed(0)
+    resampler = PerceiverResampler(tiny_cfg.resampler)
+    x = torch.randn(8, 64, tiny_cfg.resampler.dim) * 5 + 3  # 8 images' ViT tokens (large, offset: like a ViT's)
+    out = resampler(x)
+    between = out.std(0).mean() / out.std()
+    assert between > 0.3, float(between)
+    big = PerceiverResampler(type(tiny_cfg.resampler)(**{**vars(tiny_cfg.resampler), "latent_init_std": 1.0}))
+    out_big = big(x)
+    assert out_big.std(0).mean() / out_big.std() < between  # what RadFM's init does
