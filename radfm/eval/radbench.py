@@ -17,7 +17,7 @@ import numpy as np
 from radfm.data.datamodule import RadFMDataset
 from radfm.data.manifest import Sample, read_manifest
 from radfm.data.synth import best_constant
-from radfm.data.transforms import TransformConfig
+from radfm.data.transforms import TransformConfig, checkpoint_transform
 from radfm.eval import metrics as M
 from radfm.eval.predict import Prediction, predict
 
@@ -188,7 +188,7 @@ def evaluate_checkpoint(model_dir: str | Path, manifest: str | Path, out_dir: st
     model, tokenizer = load_pretrained(model_dir)
     manifest = Path(manifest)
     cfg = EvalConfig(manifest=str(manifest), data_root=str(data_root or manifest.parent),
-                     transform=TransformConfig(image_size=model.cfg.vision.image_size, augment=False), **options)
+                     transform=checkpoint_transform(model_dir, model.cfg.vision.image_size), **options)
     return evaluate(model, tokenizer, cfg, out_dir, cache=TensorCache())
 
 

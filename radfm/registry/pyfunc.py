@@ -34,16 +34,17 @@ class RadFMPyfunc(mlflow.pyfunc.PythonModel):
         from radfm.model.checkpoint import load_pretrained
 
         self.model, self.tokenizer = load_pretrained(context.artifacts["checkpoint"])
+        self.checkpoint_dir = context.artifacts["checkpoint"]
 
     # No type hints here: MLflow would try (and fail) to derive a schema from them; signature() is explicit.
     def predict(self, context, model_input, params=None):
         import torch
 
-        from radfm.data.transforms import TransformConfig, preprocess
+        from radfm.data.transforms import checkpoint_transform, preprocess
 
         df = _as_frame(model_input)
         default_tokens = int((params or {}).get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS)
-        tcfg = TransformConfig(image_size=self.model.cfg.vision.image_size, augment=False)
+        tcfg = checkpoint_transform(getattr(self, "checkpoint_dir", ""), self.model.cfg.vision.image_size)
         answers: list[str] = []
         for row_no, row in enumerate(df.to_dict("records")):
             prompt = row.get("prompt")

@@ -33,10 +33,14 @@ class RadFMLitModule(L.LightningModule):
         term_weight: float = 1.0,
         seed: int = 0,
         model: RadFMModel | None = None,
+        loss_reduction: str = "token",
     ) -> None:
         super().__init__()
+        if loss_reduction not in ("token", "sample"):
+            raise ValueError(f"loss_reduction must be 'token' or 'sample', got {loss_reduction!r}")
         self.save_hyperparameters({"model": model_cfg.to_dict(), "freeze": freeze, "lora": lora,
-                                   "term_weight": term_weight, "seed": seed})
+                                   "term_weight": term_weight, "seed": seed, "loss_reduction": loss_reduction})
+        self.loss_reduction = loss_reduction
         self.model_cfg = model_cfg
         self.tokenizer = tokenizer
         if model is None:
@@ -62,7 +66,15 @@ class RadFMLitModule(L.LightningModule):
                                     ignore_index=IGNORE_INDEX, reduction="none")
         mask = (target != IGNORE_INDEX).float()
         weights = mask if self.weighter is None or stage != "train" else self.weighter(labels)[:, 1:]
-        loss = (per_token * weights).sum() / weights.sum().clamp_min(1.0)
+        if self.loss_reduction == "sample":
+            # Every answer counts once, whatever its length. With the token mean (RadFM's) a 60-token templated
+            # report outweighs thirty one-word closed answers, and the model can lower most of the loss by
+            # modelling report text without looking at the image.
+            per_row = (per_token * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+            has_answer = weights.sum(1) > 0
+            loss = per_row[has_answer].mean() if bool(has_answer.any()) else per_row.sum() * 0.0
+        else:
+            loss = (per_token * weights).sum() / weights.sum().clamp_min(1.0)
         bs = labels.shape[0]
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=bs, sync_dist=stage != "train")
         # Per task family: the plain (unweighted) answer loss of the rows of that task.

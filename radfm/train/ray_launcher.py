@@ -238,7 +238,8 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
     module = RadFMLitModule(model_cfg, tokenizer, optimizer=instantiate(cfg.optim.optimizer),
                             scheduler=instantiate(cfg.optim.scheduler), freeze=cfg.freeze,
                             lora=OmegaConf.to_container(cfg.lora) if cfg.lora else None,
-                            term_weight=cfg.term_weight, seed=cfg.seed)
+                            term_weight=cfg.term_weight, seed=cfg.seed,
+                            loss_reduction=cfg.get("loss_reduction", "token"))
     logger: Any = False
     if rank == 0 and config.get("run_id"):
         from lightning.pytorch.loggers import MLFlowLogger
@@ -249,7 +250,8 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
     kwargs = {k: v for k, v in tr.build_trainer_kwargs(cfg).items()
               if k not in ("accelerator", "devices", "strategy")}
     report = _report_callback(int(rcfg.checkpoint_every_n_steps), run_dir, tokenizer,
-                              {"data_version": config.get("data_version", "unknown")})
+                              {"data_version": config.get("data_version", "unknown"),
+                               "transform": tr.transform_record(tr.build_data_config(cfg))})
     trainer = L.Trainer(**kwargs, accelerator="gpu" if rcfg.use_gpu else "cpu", devices="auto",
                         strategy=_strategy(rcfg), plugins=[RayLightningEnvironment()],
                         use_distributed_sampler=False,  # ModalityBatchSampler shards by rank itself

@@ -91,7 +91,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     module = RadFMLitModule(model_cfg, tokenizer, optimizer=instantiate(cfg.optim.optimizer),
                             scheduler=instantiate(cfg.optim.scheduler), freeze=cfg.freeze,
                             lora=OmegaConf.to_container(cfg.lora) if cfg.lora else None,
-                            term_weight=cfg.term_weight, seed=cfg.seed)
+                            term_weight=cfg.term_weight, seed=cfg.seed,
+                            loss_reduction=cfg.get("loss_reduction", "token"))
     if cfg.trainer.get("compile"):
         module.model = torch.compile(module.model)
 
@@ -108,12 +109,21 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
     export_model = merged_for_export(module.model)
     model_dir = save_pretrained(export_model, tokenizer, run_dir / "model",
-                                extra={"data_version": tracker.data_version})
+                                extra={"data_version": tracker.data_version,
+                                       "transform": transform_record(data_cfg)})
     metrics["global_step"] = float(trainer.global_step)
     tracker.log_end(metrics, model_dir, callbacks)
     metrics["run_id"] = tracker.run_id  # type: ignore[assignment]
     log.info("trained %s for %d steps: %s", model_cfg.name, trainer.global_step, metrics)
     return metrics
+
+
+def transform_record(data_cfg: DataConfig) -> dict[str, Any]:
+    """The preprocessing a checkpoint was trained with, saved beside its weights: evaluation and serving
+    must feed it the same tensors (radfm.data.transforms.checkpoint_transform reads it back)."""
+    from dataclasses import asdict
+
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(data_cfg.transform).items()}
 
 
 def merged_for_export(model: Any) -> Any:

@@ -305,3 +305,29 @@ def test_concurrent_writers_leave_one_whole_entry(tmp_path: Path) -> None:
 
 def test_default_root_is_under_radfm_home(radfm_home: Path) -> None:
     assert TensorCache().root.resolve() == (radfm_home / "cache" / "tensors").resolve()
+
+
+def test_zero_centre_per_image_standardises_each_image():
+    from radfm.data.transforms import ZeroCentre
+
+    img = np.concatenate([np.zeros((1, 8, 8, 1)), np.full((1, 8, 8, 1), 0.3)], axis=1).astype(np.float32)
+    out = ZeroCentre(per_image=True)({"image": img})["image"]
+    assert abs(float(out.mean())) < 1e-6 and abs(float(out.std()) - 1.0) < 1e-5
+    flat = ZeroCentre(per_image=True)({"image": np.full((1, 4, 4, 1), 0.7, np.float32)})["image"]
+    assert np.all(flat == 0)  # a constant image stays finite
+    fixed = ZeroCentre()({"image": img})["image"]
+    assert float(fixed.mean()) < -1.0  # what the fixed shift does to a dark image
+
+
+def test_checkpoint_transform_reads_what_training_saved(tmp_path):
+    import json
+
+    from radfm.data.transforms import TransformConfig, checkpoint_transform
+
+    assert checkpoint_transform(tmp_path, 32) == TransformConfig(image_size=32, augment=False)
+    saved = {"image_size": 64, "standardize": True, "depth_buckets": [4, 8], "augment": True, "rotate_degrees": 10}
+    (tmp_path / "radfm.json").write_text(json.dumps({"transform": saved}))
+    cfg = checkpoint_transform(tmp_path, 32)
+    assert cfg.standardize and cfg.image_size == 64 and cfg.depth_buckets == (4, 8)
+    assert not cfg.augment and cfg.rotate_degrees == 0.0  # evaluation never augments
+    assert cfg.key() == TransformConfig(image_size=64, standardize=True, depth_buckets=(4, 8)).key()

@@ -99,6 +99,11 @@ def test_lora_and_freezing_train_only_what_they_say(make_cfg):
     assert metrics["global_step"] == 3
     model, _ = load_pretrained(Path(cfg.paths.runs_dir) / "lora" / "model")
     assert not any("lora_" in name for name, _ in model.named_parameters())
+    # The preprocessing travels with the weights: evaluation and serving read it back.
+    from radfm.data.transforms import checkpoint_transform
+
+    saved = checkpoint_transform(Path(cfg.paths.runs_dir) / "lora" / "model", 0)
+    assert saved.standardize is bool(cfg.data.transform.standardize) and saved.image_size == 64
 
 
 def test_lora_module_counts():
@@ -114,3 +119,33 @@ def test_lora_module_counts():
     lm_lora = sum(p.numel() for n, p in lora.model.lm.named_parameters() if p.requires_grad)
     assert 0 < lm_lora < 0.05 * c_full["lm"]
     assert c_lora["trainable"] == c_lora["resampler"] + lm_lora
+
+
+def test_sample_loss_reduction_counts_every_answer_once(tiny_tokenizer):
+    """token: mean over all answer tokens (a long answer dominates); sample: mean of per-answer means."""
+    import torch
+    import torch.nn.functional as F
+
+    from radfm.model import presets
+    from radfm.train.module import RadFMLitModule
+
+    tok = tiny_tokenizer
+    rows = [tok.format_prompt("Is there a nodule?", "No.", []),
+            tok.format_prompt("Describe it.", "Yes, a left nodule. Yes, a left nodule. Yes, a left nodule.", [])]
+    batch = {**tok.pad(rows), "images": [], "tasks": ["diagnosis", "report"]}
+    by = {}
+    for reduction in ("token", "sample"):
+        module = RadFMLitModule(presets.tiny(), tok, seed=0, loss_reduction=reduction).eval()
+        module.log = lambda *args, **kwargs: None  # no Trainer attached: the loss is what is under test
+        with torch.no_grad():
+            by[reduction] = float(module._step(batch, "train"))
+            logits = module.forward(batch)["logits"]
+    target = batch["labels"][:, 1:]
+    per_token = F.cross_entropy(logits[:, :-1].transpose(1, 2), target, ignore_index=-100, reduction="none")
+    mask = (target != -100).float()
+    per_row = (per_token * mask).sum(1) / mask.sum(1)
+    assert by["sample"] == pytest.approx(float(per_row.mean()), rel=1e-5)
+    assert by["token"] == pytest.approx(float((per_token * mask).sum() / mask.sum()), rel=1e-5)
+    assert mask[0].sum() < mask[1].sum() and by["sample"] != pytest.approx(by["token"])
+    with pytest.raises(ValueError, match="loss_reduction"):
+        RadFMLitModule(presets.tiny(), tok, loss_reduction="mean")
