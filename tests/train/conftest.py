@@ -10,8 +10,9 @@ from omegaconf import DictConfig, open_dict
 
 CONF = str(Path(__file__).resolve().parents[2] / "conf")
 
+SYNTH_SMALL = "data.synth.n_samples=24"
 SMALL = [
-    "data.synth.n_samples=24", "data.batch_size_2d=4", "data.batch_size_3d=2",
+    "data.batch_size_2d=4", "data.batch_size_3d=2",
     "trainer.max_steps=6", "trainer.val_check_interval=3", "trainer.limit_val_batches=2",
     "callbacks.checkpoint_every_n_steps=2", "trainer.log_every_n_steps=1", "logger.log_system_metrics=false",
 ]
@@ -25,11 +26,13 @@ def synth_data_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture()
 def make_cfg(tmp_path, synth_data_dir):
-    def make(*overrides: str, name: str = "train") -> DictConfig:
+    def make(*overrides: str, name: str = "train", synth: bool = True) -> DictConfig:
+        """``synth=False`` for configs whose data group is not MedMD-synth (no ``data.synth`` to shrink)."""
         with initialize_config_dir(config_dir=CONF, version_base="1.3"):
             cfg = compose(config_name=name, overrides=[
                 f"paths.home={tmp_path}/home", f"paths.data_dir={synth_data_dir}",
-                f"paths.mlflow_uri=sqlite:///{tmp_path}/mlflow.db", *SMALL, *overrides])
+                f"paths.mlflow_uri=sqlite:///{tmp_path}/mlflow.db", *([SYNTH_SMALL] if synth else []), *SMALL,
+                *overrides])
         with open_dict(cfg):
             cfg.paths.runs_dir = str(tmp_path / "runs")
         return cfg
