@@ -221,7 +221,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
              "the best image-free answer fitted on train; image-ablated = this model with every image zeroed.", ""]
     for level in ("tasks", "families"):
         table = headline_table(summary, level)
-        lines += [f"## per {level[:-1]}", "", "| " + " | ".join(table[0]) + " |",
+        heading = {"tasks": "task", "families": "family"}[level]
+        lines += [f"## per {heading}", "", "| " + " | ".join(table[0]) + " |",
                   "|" + "---|" * len(table[0])]
         lines += ["| " + " | ".join(r) + " |" for r in table[1:]] + [""]
     lines += ["## all metrics (model)", ""]

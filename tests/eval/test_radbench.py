@@ -63,3 +63,13 @@ def test_empty_split_is_a_clear_error(bench_data, tmp_path, tiny_model, tiny_tok
     cfg = EvalConfig(manifest=str(bench_data / "manifest.jsonl"), data_root=str(bench_data), split="nope")
     with pytest.raises(ValueError, match="split .* is empty"):
         evaluate(tiny_model, tiny_tokenizer, cfg, tmp_path)
+
+
+def test_summary_markdown_headings_split_tasks_from_families():
+    from radfm.eval.radbench import summary_markdown
+
+    entry = {"model": {"n": 1, "headline": 1.0}, "blind": {"headline": 0.0}, "ablated": {"headline": 0.0},
+             "beats_both": True}
+    text = summary_markdown({"tasks": {"modality": entry}, "families": {"modality/modality": entry}})
+    assert "## per task" in text and "## per family" in text and "familie" not in text
+    assert "modality/modality" not in text.split("## per family")[0]  # what `radfm eval` prints
