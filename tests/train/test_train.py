@@ -120,7 +120,7 @@ def test_lora_and_freezing_train_only_what_they_say(make_cfg):
     from radfm.data.transforms import checkpoint_transform
 
     saved = checkpoint_transform(Path(cfg.paths.runs_dir) / "lora" / "model", 0)
-    assert saved.standardize is bool(cfg.data.transform.standardize) and saved.image_size == 64
+    assert saved.standardize is bool(cfg.data.transform.get("standardize", False)) and saved.image_size == 64
 
 
 def test_lora_module_counts():

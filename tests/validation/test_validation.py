@@ -277,7 +277,9 @@ def test_report_logged_as_mlflow_artifacts(synth_root, tmp_path):
     report = validate_dataset(synth_root, out_dir=tmp_path / "out", images=False)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     try:
-        with mlflow.start_run() as run:
+        # An experiment of its own: an earlier test in this process may have left another store's one active.
+        experiment = mlflow.set_experiment("validation-report")
+        with mlflow.start_run(experiment_id=experiment.experiment_id) as run:
             report.log_to_mlflow()
         client = mlflow.MlflowClient()
         names = {a.path for a in client.list_artifacts(run.info.run_id, "validation")}
