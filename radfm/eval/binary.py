@@ -20,6 +20,7 @@ from radfm.data.datamodule import RadFMDataset
 from radfm.data.manifest import Sample, read_manifest
 from radfm.data.transforms import TransformConfig
 from radfm.eval import metrics as M
+from radfm.eval.predict import predict
 from radfm.model.multimodal import RadFMModel
 from radfm.model.tokenizer import RadFMTokenizer
 
@@ -62,31 +63,20 @@ def score_binary(model: RadFMModel, tokenizer: RadFMTokenizer, samples: Sequence
                  batch_size: int = 64, positive: str = "yes", negative: str = "no") -> BinaryScores:
     """Score every sample by ``log p(positive | question, images) − log p(negative | …)`` (answer tokens + EOS).
 
-    Batched: each batch holds ``batch_size`` samples × 2 answers, one forward pass. The question is the row's
-    own (evaluation never re-draws prompts) and images are preprocessed without augmentation.
+    Batched: each batch holds ``batch_size`` samples × 2 answers (:func:`radfm.eval.predict.predict`). The
+    question is the row's own (evaluation never re-draws prompts) and images are preprocessed without
+    augmentation.
     """
-    model.eval()
-    scores: list[float] = []
     labels: list[int] = []
     for s in samples:
         if s.answer not in (positive, negative):
             raise ValueError(f"sample {s.id}: answer {s.answer!r} is neither {positive!r} nor {negative!r}")
+        if not s.choices or set(s.choices) != {positive, negative}:
+            raise ValueError(f"sample {s.id}: choices {s.choices} are not [{positive!r}, {negative!r}]")
         labels.append(int(s.answer == positive))
-    for start in range(0, len(samples), batch_size):
-        chunk = samples[start:start + batch_size]
-        encs, images = [], []
-        for s in chunk:
-            loaded = ds.load_images(s)
-            positions = [ref.position for ref in s.images]
-            for cand in (positive, negative):
-                enc = tokenizer.format_prompt(s.question, cand, positions)
-                encs.append(enc)
-                images += [loaded[k] for k in enc.image_order]
-        batch = tokenizer.pad(encs, side="right")
-        logp = model.sequence_logprob(batch["input_ids"], batch["attention_mask"], batch["labels"],
-                                      images or None).double()
-        # Rows alternate positive, negative per sample.
-        scores += (logp[0::2] - logp[1::2]).tolist()
+    # RadBench's own likelihood ranking (each image encoded once for both answers).
+    preds = predict(model, tokenizer, samples, ds, batch_size=2 * batch_size)
+    scores = [p.logprobs[positive] - p.logprobs[negative] for p in preds]
     return BinaryScores([s.id for s in samples], np.array(scores), np.array(labels))
 
 

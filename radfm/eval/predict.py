@@ -15,10 +15,13 @@ from radfm.model.tokenizer import RadFMTokenizer
 
 @dataclass
 class Prediction:
-    """One sample's answer; ``probs`` holds the candidate distribution for closed questions."""
+    """One sample's answer; for closed questions ``probs`` holds the distribution over the candidates and
+    ``logprobs`` each candidate's log p(answer | prompt, images) (kept raw: a ratio of two probabilities that
+    underflow is still a finite difference of log-probabilities)."""
 
     text: str
     probs: dict[str, float] = field(default_factory=dict)
+    logprobs: dict[str, float] = field(default_factory=dict)
 
 
 class _ImageFeatures:
@@ -98,7 +101,7 @@ def predict(model: RadFMModel, tokenizer: RadFMTokenizer, samples: Sequence[Samp
             logits = torch.tensor([scores[(i, c)] for c in s.choices])
             probs = torch.softmax(logits, dim=0).tolist()
             best = s.choices[int(torch.argmax(logits))]
-            out[i] = Prediction(best, dict(zip(s.choices, probs)))
+            out[i] = Prediction(best, dict(zip(s.choices, probs)), dict(zip(s.choices, logits.tolist())))
 
     open_idx = [i for i, s in enumerate(samples) if not s.choices]
     for start in range(0, len(open_idx), batch_size):
