@@ -87,10 +87,11 @@ def prepare_data(cfg: dict[str, Any], spec: DataSpec) -> dict[str, Any]:
         root, manifest = _ingest(spec)
     if not manifest.is_file():
         raise FileNotFoundError(f"the prepared data has no manifest at {manifest} (set data.manifest)")
+    version = compute_data_version(str(root))
     with open_dict(conf):
         conf.data.root = str(root)
         conf.data.manifest = str(manifest)
-    version = compute_data_version(str(root))
+        conf.data.version = version  # training records it instead of hashing the data again
     return {"cfg": OmegaConf.to_container(conf, resolve=True), "manifest": str(manifest), "root": str(root),
             "version": version, "seconds": time.perf_counter() - t0}
 

@@ -18,8 +18,7 @@ def _flows_module(module: str, argv: Sequence[str]) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    if not args.quick:
-        return _flows_module("pipeline", args.overrides)
+    """``radfm demo --quick`` (without --quick, :func:`main` hands the command line to the pipeline flow)."""
     from radfm.demo_model import run
 
     result = run(steps=args.steps)

@@ -76,11 +76,14 @@ class RunTracker:
     def __init__(self, enabled: bool, tracking_uri: str | None = None, experiment: str = "radfm",
                  artifact_location: str | None = None, run_name: str | None = None,
                  log_system_metrics: bool = False, data_root: str | None = None,
-                 parent_run_id: str | None = None, tags: dict[str, str] | None = None) -> None:
+                 parent_run_id: str | None = None, tags: dict[str, str] | None = None,
+                 data_version: str | None = None) -> None:
         self.enabled = enabled
         self.tracking_uri = tracking_uri
         self.run_id: str | None = None
-        self.data_version = compute_data_version(data_root) if data_root else "unknown"
+        # A caller that has just hashed the data (the pipeline) passes the version: hashing a large dataset
+        # twice per run is pure I/O.
+        self.data_version = data_version or (compute_data_version(data_root) if data_root else "unknown")
         if not enabled:
             return
         import mlflow
@@ -105,7 +108,7 @@ class RunTracker:
         return cls(lg.name == "mlflow", tracking_uri=lg.get("tracking_uri"),
                    experiment=lg.get("experiment_name", "radfm"), artifact_location=lg.get("artifact_location"),
                    run_name=str(cfg.run_name), log_system_metrics=bool(lg.get("log_system_metrics", False)),
-                   data_root=str(cfg.data.root), tags=sweep_job_tags())
+                   data_root=str(cfg.data.root), tags=sweep_job_tags(), data_version=cfg.data.get("version"))
 
     def lightning_logger(self) -> Any:
         if not self.enabled:
