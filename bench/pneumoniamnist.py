@@ -36,6 +36,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 METRICS = ("auc", "acc@0.5", "acc@val_threshold")
+TTA = 1  # default views per image at scoring (--tta)
 REFERENCES = [  # MedMNIST v2 (Yang et al., Scientific Data 2023), PneumoniaMNIST, official test split
     ("ResNet-18 (28)", 0.854, 0.944), ("ResNet-18 (224)", 0.864, 0.956), ("ResNet-50 (28)", 0.854, 0.948),
     ("auto-sklearn", 0.855, 0.942), ("AutoKeras", 0.878, 0.947), ("Google AutoML Vision", 0.946, 0.991),
@@ -73,7 +74,7 @@ def forwarding_balance() -> Iterator[None]:
         T.build_data_config = original
 
 
-def run_seed(seed: int, overrides: list[str]) -> dict[str, Any]:
+def run_seed(seed: int, overrides: list[str], tta: int = 1) -> dict[str, Any]:
     from radfm.data.cache import TensorCache
     from radfm.eval.binary import evaluate_model_dir
     from radfm.model.checkpoint import load_pretrained
@@ -91,12 +92,17 @@ def run_seed(seed: int, overrides: list[str]) -> dict[str, Any]:
     run_dir = run_dir_of(cfg)
     data_cfg = build_data_config(cfg)
     t1 = time.perf_counter()
+    cache = TensorCache(Path(str(cfg.paths.cache_dir)) / "tensors")
     metrics, _ = evaluate_model_dir(run_dir / "model", data_cfg.manifest, data_cfg.data_root, data_cfg.transform,
-                                    cache=TensorCache(Path(str(cfg.paths.cache_dir)) / "tensors"))
+                                    cache=cache, tta=tta)
     t_eval = time.perf_counter() - t1
+    plain = {}
+    if tta > 1:  # the single-view figures of the same model, beside the headline test-time-augmented ones
+        plain, _ = evaluate_model_dir(run_dir / "model", data_cfg.manifest, data_cfg.data_root,
+                                      data_cfg.transform, cache=cache, tta=1)
     model, _ = load_pretrained(run_dir / "model")
     return {
-        "seed": seed, **metrics,
+        "seed": seed, **metrics, "tta": tta, "plain": plain,
         "train_s": t_train, "eval_s": t_eval, "steps": int(train_metrics.get("global_step", 0)),
         "val_loss": train_metrics.get("val/loss"), "params": count_parameters(model)["total"],
         "load_avg_start": load0, "load_avg_end": os.getloadavg()[0], "run_dir": str(run_dir),
@@ -128,6 +134,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (1: on a shared CPU, more threads spin and run slower)")
+    parser.add_argument("--tta", type=int, default=TTA,
+                        help="score each image as the mean over this many fixed augmented views "
+                             "(radfm.eval.binary.TTA_VIEWS; 1 = the image alone)")
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "pneumoniamnist.json"))
     parser.add_argument("overrides", nargs="*", help="Hydra overrides added to experiment=pneumoniamnist")
     args = parser.parse_args(argv)
@@ -139,12 +148,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     runs = []
     for seed in seeds:
-        runs.append(run_seed(seed, args.overrides))
+        runs.append(run_seed(seed, args.overrides, args.tta))
         print(table(runs[-1:]).split("\n\n")[0], flush=True)
     summary = {m: dict(zip(("mean", "sd"), mean_sd([r[m] for r in runs]))) for m in METRICS}
     result = {
         "benchmark": "pneumoniamnist", "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["python bench/pneumoniamnist.py", f"--seeds {args.seeds}", f"--threads {args.threads}",
+                             f"--tta {args.tta}",
                              *args.overrides]),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
                     "torch_threads": args.threads},

@@ -58,15 +58,54 @@ def binary_samples(samples: Sequence[Sample], positive: str = "yes", negative: s
     return out
 
 
+# Test-time augmentation: fixed, deterministic in-plane views (rotation in degrees, shift in pixels along
+# width and height, zoom factor > 1 = zoom in), mild versions of the training augmentation. View 0 is the image.
+TTA_VIEWS: tuple[tuple[float, float, float, float], ...] = (
+    (0.0, 0.0, 0.0, 1.0), (0.0, 1.0, 0.0, 1.0), (0.0, -1.0, 0.0, 1.0), (0.0, 0.0, 1.0, 1.0),
+    (0.0, 0.0, -1.0, 1.0), (5.0, 0.0, 0.0, 1.0), (-5.0, 0.0, 0.0, 1.0), (0.0, 0.0, 0.0, 1.08),
+)
+
+
+def view_image(image: torch.Tensor, view: tuple[float, float, float, float]) -> torch.Tensor:
+    """One deterministic view of a ``C×H×W×D`` image: rotate by ``degrees``, shift by ``(dx, dy)`` pixels,
+    zoom by ``zoom`` (about the centre; borders repeat the edge pixels, as the training augmentation does).
+    ``C×H×W×D`` in and out; the identity view returns the image itself."""
+    degrees, dx, dy, zoom = view
+    if degrees == 0 and dx == 0 and dy == 0 and zoom == 1:
+        return image
+    C, H, W, D = image.shape
+    t = image.permute(3, 0, 1, 2).reshape(D * C, 1, H, W).float()
+    a = math.radians(degrees)
+    cos, sin = math.cos(a) / zoom, math.sin(a) / zoom
+    # affine_grid maps output to input coordinates in [-1, 1]: a shift of +dx pixels samples from x − dx.
+    theta = torch.tensor([[cos, -sin, -2.0 * dx / W], [sin, cos, -2.0 * dy / H]], dtype=t.dtype)
+    grid = torch.nn.functional.affine_grid(theta.expand(D * C, 2, 3), list(t.shape), align_corners=False)
+    y = torch.nn.functional.grid_sample(t, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return y.reshape(D, C, H, W).permute(1, 2, 3, 0).contiguous().to(image.dtype)
+
+
+class _ViewDataset:
+    """``ds`` whose ``load_images`` returns one fixed view of each image (what :func:`predict` reads)."""
+
+    def __init__(self, ds: RadFMDataset, view: tuple[float, float, float, float]) -> None:
+        self.ds, self.view = ds, view
+
+    def load_images(self, sample: Sample, rng: Any = None) -> list[torch.Tensor]:
+        return [view_image(x, self.view) for x in self.ds.load_images(sample, rng)]
+
+
 @torch.no_grad()
 def score_binary(model: RadFMModel, tokenizer: RadFMTokenizer, samples: Sequence[Sample], ds: RadFMDataset,
-                 batch_size: int = 64, positive: str = "yes", negative: str = "no") -> BinaryScores:
+                 batch_size: int = 64, positive: str = "yes", negative: str = "no", tta: int = 1) -> BinaryScores:
     """Score every sample by ``log p(positive | question, images) − log p(negative | …)`` (answer tokens + EOS).
 
     Batched: each batch holds ``batch_size`` samples × 2 answers (:func:`radfm.eval.predict.predict`). The
     question is the row's own (evaluation never re-draws prompts) and images are preprocessed without
-    augmentation.
+    augmentation. ``tta`` > 1 averages the score over the first ``tta`` of :data:`TTA_VIEWS` (view 0 is the
+    image itself, so ``tta=1`` is plain scoring).
     """
+    if not 1 <= tta <= len(TTA_VIEWS):
+        raise ValueError(f"tta must be 1…{len(TTA_VIEWS)}, got {tta}")
     labels: list[int] = []
     for s in samples:
         if s.answer not in (positive, negative):
@@ -75,9 +114,12 @@ def score_binary(model: RadFMModel, tokenizer: RadFMTokenizer, samples: Sequence
             raise ValueError(f"sample {s.id}: choices {s.choices} are not [{positive!r}, {negative!r}]")
         labels.append(int(s.answer == positive))
     # RadBench's own likelihood ranking (each image encoded once for both answers).
-    preds = predict(model, tokenizer, samples, ds, batch_size=2 * batch_size)
-    scores = [p.logprobs[positive] - p.logprobs[negative] for p in preds]
-    return BinaryScores([s.id for s in samples], np.array(scores), np.array(labels))
+    total = np.zeros(len(samples))
+    for view in TTA_VIEWS[:tta]:
+        view_ds: Any = ds if view == TTA_VIEWS[0] else _ViewDataset(ds, view)
+        preds = predict(model, tokenizer, samples, view_ds, batch_size=2 * batch_size)
+        total += np.array([p.logprobs[positive] - p.logprobs[negative] for p in preds])
+    return BinaryScores([s.id for s in samples], total / tta, np.array(labels))
 
 
 def accuracy_at(scores: BinaryScores, threshold: float = 0.0) -> float:
@@ -129,10 +171,10 @@ def binary_metrics(val: BinaryScores, test: BinaryScores) -> dict[str, float]:
 
 def evaluate_model_dir(model_dir: str | Path, manifest: str | Path, data_root: str | Path,
                        transform: TransformConfig, batch_size: int = 64, cache: Any = None,
-                       limit: int | None = None) -> tuple[dict[str, float], dict[str, BinaryScores]]:
+                       limit: int | None = None, tta: int = 1) -> tuple[dict[str, float], dict[str, BinaryScores]]:
     """Load a saved model and score the val and test splits of a yes/no manifest; return metrics and scores.
 
-    ``limit`` keeps the first N samples of each split (smoke tests).
+    ``limit`` keeps the first N samples of each split (smoke tests); ``tta`` views per image (:func:`score_binary`).
     """
     from radfm.model.checkpoint import load_pretrained
 
@@ -144,5 +186,5 @@ def evaluate_model_dir(model_dir: str | Path, manifest: str | Path, data_root: s
         if not samples:
             raise ValueError(f"the {split} split of {manifest} has no yes/no samples")
         ds = RadFMDataset(samples, data_root, tokenizer, transform, train=False, cache=cache)
-        scores[split] = score_binary(model, tokenizer, samples, ds, batch_size)
+        scores[split] = score_binary(model, tokenizer, samples, ds, batch_size, tta=tta)
     return binary_metrics(scores["val"], scores["test"]), scores

@@ -33,6 +33,11 @@ class VisionConfig:
     # RadFM LayerNorms each raw patch before projecting it. That discards a patch's mean intensity, which is
     # exactly what separates a flat bright lesion from tissue; small presets turn it off.
     patch_norm: bool = True
+    # Opt-in convolutional stem (Xiao et al. 2021, "Early convolutions help transformers see better"): 0 = off,
+    # RadFM's linear patch projection. N > 0: log2(patch_size) in-plane 3×3 stride-2 convolutions
+    # (N, 2N, 4N, … channels, BatchNorm + ReLU) replace the in-plane patchify; see ViT3D. patch_size must then
+    # be a power of 2.
+    stem_channels: int = 0
 
     @property
     def head_dim(self) -> int:

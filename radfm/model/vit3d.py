@@ -92,17 +92,56 @@ class TransformerBlock(nn.Module):
         return x + self.ff(x)
 
 
+class ConvStem(nn.Module):
+    """Early-convolution stem (Xiao et al. 2021): ``n = log2(patch_size)`` in-plane 3×3 stride-2 convolutions,
+    each BatchNorm + ReLU, channels ``c, 2c, 4c, …``. Each depth slice is convolved on its own (depth is
+    folded into the batch), so the stem is 2D in-plane as RadFM's patches are, and depth is still cut by
+    ``patch_depth`` afterwards.
+
+    ``B×C×H×W×D → B×(c·2^(n−1))×(H/patch_size)×(W/patch_size)×D``.
+    """
+
+    def __init__(self, in_channels: int, channels: int, patch_size: int) -> None:
+        super().__init__()
+        n = patch_size.bit_length() - 1
+        if patch_size < 2 or 1 << n != patch_size:
+            raise ValueError(f"a convolutional stem needs a power-of-2 patch size ≥ 2, got {patch_size}")
+        layers: list[nn.Module] = []
+        c_in = in_channels
+        for k in range(n):
+            c_out = channels << k
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                       nn.ReLU(inplace=True)]
+            c_in = c_out
+        self.net = nn.Sequential(*layers)
+        self.out_channels = c_in
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        d = images.shape[-1]
+        x = rearrange(images, "b c h w d -> (b d) c h w")
+        return rearrange(self.net(x), "(b d) c h w -> b c h w d", d=d)
+
+
 class ViT3D(nn.Module):
     """RadFM's 3D ViT: ``B×C×H×W×D`` images → ``B×(h·w·d)×width`` patch tokens (no CLS token).
 
     ``h = H / patch_size``, ``w = W / patch_size``, ``d = D / patch_depth``. A 2D image (``D = 1``) is
     repeated along depth to ``min_depth`` slices, as RadFM feeds 2D images.
+
+    With ``cfg.stem_channels > 0`` a :class:`ConvStem` replaces the in-plane patchify: ``B×C×H×W×D →
+    B×C'×h×w×D``, then each token is ``patch_depth`` slices of one stem pixel (``C'·patch_depth`` values) through
+    the same ``patch_proj`` linear layer (Xiao et al.'s final 1×1 convolution). Off by default (RadFM's
+    layout, so its checkpoints import unchanged).
     """
 
     def __init__(self, cfg: VisionConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        patch_dim = cfg.in_channels * cfg.patch_size * cfg.patch_size * cfg.patch_depth
+        self.stem = ConvStem(cfg.in_channels, cfg.stem_channels, cfg.patch_size) if cfg.stem_channels else None
+        if self.stem is not None:
+            patch_dim = self.stem.out_channels * cfg.patch_depth
+        else:
+            patch_dim = cfg.in_channels * cfg.patch_size * cfg.patch_size * cfg.patch_depth
         self.patch_norm_in = nn.LayerNorm(patch_dim) if cfg.patch_norm else nn.Identity()
         self.patch_proj = nn.Linear(patch_dim, cfg.width)
         self.patch_norm_out = nn.LayerNorm(cfg.width)
@@ -144,11 +183,14 @@ class ViT3D(nn.Module):
         h = images.shape[2] // cfg.patch_size
         w = images.shape[3] // cfg.patch_size
         d = images.shape[4] // cfg.patch_depth
-        # Patch layout (p1 p2 pf c) matches RadFM's, so its patch projection imports unchanged.
-        x = rearrange(
-            images, "b c (h p1) (w p2) (f pf) -> b (h w f) (p1 p2 pf c)",
-            p1=cfg.patch_size, p2=cfg.patch_size, pf=cfg.patch_depth,
-        )
+        if self.stem is not None:
+            x = rearrange(self.stem(images), "b c h w (f pf) -> b (h w f) (pf c)", pf=cfg.patch_depth)
+        else:
+            # Patch layout (p1 p2 pf c) matches RadFM's, so its patch projection imports unchanged.
+            x = rearrange(
+                images, "b c (h p1) (w p2) (f pf) -> b (h w f) (p1 p2 pf c)",
+                p1=cfg.patch_size, p2=cfg.patch_size, pf=cfg.patch_depth,
+            )
         x = self.patch_norm_out(self.patch_proj(self.patch_norm_in(x)))
         x = self.dropout(x + self.pos_embedding(h, w, d, x.device).to(x.dtype))
         for block in self.blocks:

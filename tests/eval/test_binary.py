@@ -107,3 +107,42 @@ def test_scores_are_the_log_odds_predict_ranks_by(tmp_path, tiny_cfg, tiny_token
     expected = [math.log(p.probs["yes"]) - math.log(p.probs["no"]) for p in preds]
     assert scores.score == pytest.approx(expected, abs=1e-4)
     assert np.unique(scores.score).size == 3  # the images change the score: not a constant
+
+
+def test_view_image_shifts_rotates_and_keeps_shape():
+    from radfm.eval.binary import TTA_VIEWS, view_image
+
+    x = torch.zeros(1, 8, 8, 1)
+    x[0, 3, 4, 0] = 1.0  # row 3, column 4
+    assert view_image(x, TTA_VIEWS[0]) is x
+    right = view_image(x, (0.0, 1.0, 0.0, 1.0))  # +1 px along width
+    assert right.shape == x.shape
+    assert right[0, 3, 5, 0] == pytest.approx(1.0) and right[0, 3, 4, 0] == pytest.approx(0.0)
+    down = view_image(x, (0.0, 0.0, 1.0, 1.0))  # +1 px along height
+    assert down[0, 4, 4, 0] == pytest.approx(1.0)
+    flat = torch.full((3, 8, 8, 2), 0.7)
+    for view in TTA_VIEWS:  # borders repeat the edge: a constant image stays constant under every view
+        assert torch.allclose(view_image(flat, view), flat, atol=1e-6)
+
+
+def test_tta_averages_the_scores_of_the_views(tmp_path, tiny_cfg, tiny_tokenizer, tiny_model):
+    from PIL import Image
+
+    from radfm.eval.binary import TTA_VIEWS, _ViewDataset
+
+    rng = np.random.default_rng(1)
+    samples = []
+    for i, ans in enumerate(["yes", "no"]):
+        Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8)).save(tmp_path / f"img{i}.png")
+        samples.append(_sample(i, ans))
+    ds = RadFMDataset(samples, tmp_path, tiny_tokenizer, TransformConfig(image_size=64), train=False)
+    plain = score_binary(tiny_model, tiny_tokenizer, samples, ds, batch_size=2)
+    assert score_binary(tiny_model, tiny_tokenizer, samples, ds, batch_size=2, tta=1).score == pytest.approx(
+        plain.score)
+    per_view = [plain.score] + [score_binary(tiny_model, tiny_tokenizer, samples, _ViewDataset(ds, v),
+                                             batch_size=2).score for v in TTA_VIEWS[1:3]]
+    tta = score_binary(tiny_model, tiny_tokenizer, samples, ds, batch_size=2, tta=3)
+    assert tta.score == pytest.approx(np.mean(per_view, axis=0), abs=1e-5)
+    assert not np.allclose(per_view[0], per_view[1])  # a view changes the input the model sees
+    with pytest.raises(ValueError, match="tta"):
+        score_binary(tiny_model, tiny_tokenizer, samples, ds, tta=0)

@@ -1,0 +1,55 @@
+"""The opt-in convolutional stem of the ViT (Xiao et al. 2021): shapes, default off, gradients, bad patch sizes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from radfm.model.config import VisionConfig
+from radfm.model.vit3d import ConvStem, ViT3D
+
+
+def cfg(**kw) -> VisionConfig:
+    base = dict(in_channels=1, image_size=28, max_image_size=28, max_depth=4, patch_size=4, patch_depth=1,
+                width=32, layers=1, heads=2, dim_head=16, mlp_dim=64, min_depth=1, patch_norm=False)
+    return VisionConfig(**{**base, **kw})
+
+
+def test_stem_is_off_by_default_and_the_patch_projection_keeps_radfms_shape():
+    vit = ViT3D(cfg())
+    assert vit.stem is None
+    assert vit.patch_proj.in_features == 1 * 4 * 4 * 1
+    assert VisionConfig().stem_channels == 0
+
+
+@pytest.mark.parametrize("patch_size,depth,patch_depth", [(4, 1, 1), (2, 1, 1), (4, 4, 2)])
+def test_stem_tokens_match_the_patch_grid(patch_size, depth, patch_depth):
+    torch.manual_seed(0)
+    c = cfg(patch_size=patch_size, patch_depth=patch_depth, stem_channels=8)
+    vit = ViT3D(c)
+    n_convs = patch_size.bit_length() - 1
+    assert vit.stem.out_channels == 8 << (n_convs - 1)
+    assert vit.patch_proj.in_features == vit.stem.out_channels * patch_depth
+    x = torch.randn(2, 1, 28, 28, depth)
+    feat = vit.stem(x)
+    assert feat.shape == (2, vit.stem.out_channels, 28 // patch_size, 28 // patch_size, depth)
+    out = vit(x)
+    g = 28 // patch_size
+    assert out.shape == (2, g * g * (depth // patch_depth), c.width)
+    out.sum().backward()
+    assert vit.stem.net[0].weight.grad is not None and vit.stem.net[0].weight.grad.abs().sum() > 0
+
+
+def test_stem_convolves_each_slice_on_its_own():
+    torch.manual_seed(0)
+    stem = ConvStem(1, 4, 4).eval()
+    a, b = torch.randn(1, 1, 16, 16, 1), torch.randn(1, 1, 16, 16, 1)
+    both = stem(torch.cat([a, b], dim=-1))
+    assert torch.allclose(both[..., :1], stem(a), atol=1e-6)
+    assert torch.allclose(both[..., 1:], stem(b), atol=1e-6)
+
+
+@pytest.mark.parametrize("patch_size", [1, 3, 6])
+def test_stem_needs_a_power_of_two_patch(patch_size):
+    with pytest.raises(ValueError, match="power-of-2"):
+        ViT3D(cfg(patch_size=patch_size, stem_channels=8))
