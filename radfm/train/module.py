@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning as L
@@ -34,12 +34,18 @@ class RadFMLitModule(L.LightningModule):
         seed: int = 0,
         model: RadFMModel | None = None,
         loss_reduction: str = "token",
+        lr_scale: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__()
         if loss_reduction not in ("token", "sample"):
             raise ValueError(f"loss_reduction must be 'token' or 'sample', got {loss_reduction!r}")
+        self.lr_scale = {str(k): float(v) for k, v in (lr_scale or {}).items()}
+        for prefix, scale in self.lr_scale.items():
+            if scale < 0:
+                raise ValueError(f"lr_scale[{prefix!r}] = {scale} must be >= 0")
         self.save_hyperparameters({"model": model_cfg.to_dict(), "freeze": freeze, "lora": lora,
-                                   "term_weight": term_weight, "seed": seed, "loss_reduction": loss_reduction})
+                                   "term_weight": term_weight, "seed": seed, "loss_reduction": loss_reduction,
+                                   "lr_scale": self.lr_scale})
         self.loss_reduction = loss_reduction
         self.model_cfg = model_cfg
         self.tokenizer = tokenizer
@@ -107,18 +113,47 @@ class RadFMLitModule(L.LightningModule):
         self._t0 = now
         opt = self.optimizers()
         if opt is not None and hasattr(opt, "param_groups"):
-            self.log("train/lr", opt.param_groups[0]["lr"], batch_size=1)
+            # The base rate (scale 1), whatever order the groups are in.
+            base = next((g for g in opt.param_groups if g.get("lr_scale", 1.0) == 1.0), opt.param_groups[0])
+            self.log("train/lr", base["lr"], batch_size=1)
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._step(batch, "val")
 
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Trainable parameters grouped by learning-rate multiplier (``lr_scale``: name prefix → scale).
+
+        A parameter takes the scale of the longest prefix of its name in ``self.model`` that matches
+        (``"vision"`` covers ``vision.encoder.…``, ``vision.resampler.…``, ``vision.projection.…``); others
+        take 1. Why: trained from scratch beside the LM at the LM's rate, the tiny ViT's features collapse in
+        the first steps (a linear probe of modality on them fell from 0.90 at init to 0.63 after 50 steps)
+        and the model learns to ignore its images; at 0.1× they sharpen instead (probe 0.99, modality 0.97
+        after 150 steps of modality questions). Prefixes that match no parameter are an error.
+        """
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        for prefix in self.lr_scale:
+            if not any(n == prefix or n.startswith(prefix + ".") for n, _ in named):
+                raise ValueError(f"lr_scale prefix {prefix!r} matches no trainable parameter of the model "
+                                 f"(top-level modules: {sorted({n.split('.')[0] for n, _ in named})})")
+        groups: dict[float, list[torch.nn.Parameter]] = {}
+        for name, p in named:
+            hits = [k for k in self.lr_scale if name == k or name.startswith(k + ".")]
+            scale = self.lr_scale[max(hits, key=len)] if hits else 1.0
+            groups.setdefault(scale, []).append(p)
+        return [{"params": ps, "lr_scale": scale} for scale, ps in groups.items()]
+
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = self.optimizer_fn(params)
+        groups = self.param_groups()
+        optimizer = self.optimizer_fn(groups)
+        # Scale after construction: the optimizer filled each group's lr from its own default; the scheduler
+        # (made next) takes these as its base rates.
+        for group in optimizer.param_groups:
+            group["lr"] = group["lr"] * group.get("lr_scale", 1.0)
         if self.scheduler_fn is None:
             return optimizer
-        total = int(self.trainer.estimated_stepping_batches) if self.trainer is not None else 1000
+        trainer = self._trainer  # None outside a Trainer (the property would raise)
+        total = int(trainer.estimated_stepping_batches) if trainer is not None else 1000
         scheduler = self.scheduler_fn(optimizer, total_steps=total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

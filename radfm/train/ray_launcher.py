@@ -212,7 +212,6 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
     """One Ray Train worker: datamodule and module from the config, Lightning under Ray's strategy."""
     import lightning as L
     import ray.train
-    from hydra.utils import instantiate
     from ray.train.lightning import RayLightningEnvironment, prepare_trainer
 
     from radfm.data.cache import TensorCache
@@ -220,7 +219,6 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
     from radfm.model.tokenizer import RadFMTokenizer
     from radfm.paths import configure_caches
     from radfm.train import train as tr
-    from radfm.train.module import RadFMLitModule
 
     cfg = OmegaConf.create(config["cfg"])
     run_dir = Path(config["run_dir"])
@@ -235,11 +233,7 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
     tokenizer = RadFMTokenizer.load(run_dir / "tokenizer", model_cfg.num_image_tokens)
     dm = RadFMDataModule(tr.build_data_config(cfg), tokenizer,
                          cache=TensorCache(Path(str(cfg.paths.cache_dir)) / "tensors"))
-    module = RadFMLitModule(model_cfg, tokenizer, optimizer=instantiate(cfg.optim.optimizer),
-                            scheduler=instantiate(cfg.optim.scheduler), freeze=cfg.freeze,
-                            lora=OmegaConf.to_container(cfg.lora) if cfg.lora else None,
-                            term_weight=cfg.term_weight, seed=cfg.seed,
-                            loss_reduction=cfg.get("loss_reduction", "token"))
+    module = tr.build_module(cfg, model_cfg, tokenizer)
     logger: Any = False
     if rank == 0 and config.get("run_id"):
         from lightning.pytorch.loggers import MLFlowLogger

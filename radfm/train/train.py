@@ -71,6 +71,17 @@ def build_trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
     return {k: t[k] for k in keys if k in t}
 
 
+def build_module(cfg: DictConfig, model_cfg: RadFMConfig, tokenizer: RadFMTokenizer) -> RadFMLitModule:
+    """The LightningModule as the composed config says (one process and every Ray worker alike)."""
+    lr_scale = cfg.optim.get("lr_scale")
+    return RadFMLitModule(model_cfg, tokenizer, optimizer=instantiate(cfg.optim.optimizer),
+                          scheduler=instantiate(cfg.optim.scheduler), freeze=cfg.freeze,
+                          lora=OmegaConf.to_container(cfg.lora) if cfg.lora else None,
+                          term_weight=cfg.term_weight, seed=cfg.seed,
+                          loss_reduction=cfg.get("loss_reduction", "token"),
+                          lr_scale=OmegaConf.to_container(lr_scale) if lr_scale else None)
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train one model as ``cfg`` says and return its final metrics (floats)."""
     configure_caches()
@@ -88,11 +99,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     cache = TensorCache(Path(str(cfg.paths.cache_dir)) / "tensors")
     dm = RadFMDataModule(data_cfg, tokenizer, cache=cache, quarantine_path=run_dir / "quarantine.jsonl")
     dm.setup()
-    module = RadFMLitModule(model_cfg, tokenizer, optimizer=instantiate(cfg.optim.optimizer),
-                            scheduler=instantiate(cfg.optim.scheduler), freeze=cfg.freeze,
-                            lora=OmegaConf.to_container(cfg.lora) if cfg.lora else None,
-                            term_weight=cfg.term_weight, seed=cfg.seed,
-                            loss_reduction=cfg.get("loss_reduction", "token"))
+    module = build_module(cfg, model_cfg, tokenizer)
     if cfg.trainer.get("compile"):
         module.model = torch.compile(module.model)
 

@@ -166,3 +166,27 @@ def test_sample_loss_reduction_counts_every_answer_once(tiny_tokenizer):
     assert mask[0].sum() < mask[1].sum() and by["sample"] != pytest.approx(by["token"])
     with pytest.raises(ValueError, match="loss_reduction"):
         RadFMLitModule(presets.tiny(), tok, loss_reduction="mean")
+
+
+def test_lr_scale_groups_parameters_and_sets_base_rates(tiny_tokenizer):
+    """lr_scale: the longest matching name prefix sets a parameter's multiplier; the scheduler starts from it."""
+    import functools
+
+    from radfm.model import presets
+    from radfm.train.module import RadFMLitModule
+    from radfm.train.schedule import warmup_cosine
+
+    module = RadFMLitModule(presets.tiny(), tiny_tokenizer, lr_scale={"vision": 0.1, "vision.projection": 0.5},
+                            optimizer=functools.partial(torch.optim.AdamW, lr=1e-3),
+                            scheduler=functools.partial(warmup_cosine, warmup_steps=0))
+    opt = module.configure_optimizers()["optimizer"]
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    for name, p in module.model.named_parameters():
+        want = 5e-4 if name.startswith("vision.projection.") else 1e-4 if name.startswith("vision.") else 1e-3
+        assert lr_of[id(p)] == pytest.approx(want), name
+    assert len(lr_of) == sum(1 for _ in module.model.parameters())  # every parameter in exactly one group
+    assert sorted(g["initial_lr"] for g in opt.param_groups) == pytest.approx([1e-4, 5e-4, 1e-3])
+    with pytest.raises(ValueError, match="matches no trainable parameter"):
+        RadFMLitModule(presets.tiny(), tiny_tokenizer, lr_scale={"vison": 0.1}).param_groups()
+    with pytest.raises(ValueError, match="must be >= 0"):
+        RadFMLitModule(presets.tiny(), tiny_tokenizer, lr_scale={"vision": -1})
