@@ -96,7 +96,7 @@ def mnist28() -> RadFMConfig:
         name="mnist28",
         vision=VisionConfig(in_channels=1, image_size=28, max_image_size=28, max_depth=1, patch_size=4,
                             patch_depth=1, width=128, layers=4, heads=4, dim_head=32, mlp_dim=256, min_depth=1,
-                            patch_norm=False),
+                            patch_norm=False, stem_channels=0),
         resampler=ResamplerConfig(dim=128, layers=1, heads=4, dim_head=32, ff_mult=2, num_latents=32),
         lm=LMConfig(hidden_size=128, layers=2, heads=4, intermediate_size=344, vocab_size=1024,
                     max_position_embeddings=128),

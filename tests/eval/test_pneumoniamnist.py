@@ -111,3 +111,25 @@ def test_scores_and_metrics_are_well_formed(trained):
     assert metrics["acc@0.5"] == accuracy_at(scores["test"], 0.0)
     assert metrics["threshold_prob"] == pytest.approx(1 / (1 + math.exp(-metrics["threshold"])))
     assert metrics["n_test"] == 16
+
+
+def test_bench_default_test_time_augmentation_scores_the_real_slice(trained):
+    """The bench's default views per image (``bench/pneumoniamnist.py`` TTA) score the real images: finite,
+    and not the single-view scores."""
+    import importlib.util
+
+    from radfm.data.cache import TensorCache
+    from radfm.eval.binary import evaluate_model_dir
+
+    spec = importlib.util.spec_from_file_location("bench_pneumo", ROOT / "bench" / "pneumoniamnist.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cfg, _, run_dir, data_cfg = trained
+    kw = dict(batch_size=8, cache=TensorCache(Path(str(cfg.paths.cache_dir)) / "tensors"), limit=4)
+    _, plain = evaluate_model_dir(run_dir / "model", data_cfg.manifest, data_cfg.data_root, data_cfg.transform, **kw)
+    _, tta = evaluate_model_dir(run_dir / "model", data_cfg.manifest, data_cfg.data_root, data_cfg.transform,
+                                tta=bench.TTA, **kw)
+    assert bench.TTA > 1
+    for split in ("val", "test"):
+        assert np.isfinite(tta[split].score).all() and tta[split].ids == plain[split].ids
+        assert not np.allclose(tta[split].score, plain[split].score)
