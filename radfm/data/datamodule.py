@@ -28,8 +28,10 @@ class RadFMDataset(Dataset):
 
     def __init__(self, samples: Sequence[Sample], data_root: str | Path, tokenizer: RadFMTokenizer,
                  transform: TransformConfig, train: bool, seed: int = 0, max_length: int | None = None,
-                 cache: Any = None, epoch: int = 0) -> None:
+                 cache: Any = None, epoch: int = 0, packs: Sequence[Sequence[int]] | None = None) -> None:
         self.samples = list(samples)
+        # packs: items made of several samples that share their images (see pack_samples); None = one each.
+        self.packs = [list(p) for p in packs] if packs is not None else None
         self.data_root = data_root
         self.tokenizer = tokenizer
         self.transform = transform
@@ -40,7 +42,7 @@ class RadFMDataset(Dataset):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.packs) if self.packs is not None else len(self.samples)
 
     def load_images(self, sample: Sample, rng: Any = None) -> list[torch.Tensor]:
         import numpy as np
@@ -55,9 +57,11 @@ class RadFMDataset(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         i, epoch = key if isinstance(key, tuple) else (key, self.epoch)
-        sample = self.samples[i]
         # A per-(seed, epoch, index) RNG keeps augmentation and prompts reproducible across workers.
         rng = random.Random(f"{self.seed}:{epoch}:{i}") if self.train else None
+        if self.packs is not None:
+            return self._packed_item(self.packs[i], rng)
+        sample = self.samples[i]
         question = prompts.training_question(sample.question, sample.meta, rng) if rng else sample.question
         positions = [prompts.image_position(rng, ref.position if not (self.train and ref.position in
                                                                      ("start", "end")) else None)
@@ -69,6 +73,60 @@ class RadFMDataset(Dataset):
         images = self.load_images(sample, rng)
         return {"id": sample.id, "task": sample.task, "encoded": enc,
                 "images": [images[k] for k in enc.image_order], "is_3d": sample.is_3d}
+
+    def _packed_item(self, pack: Sequence[int], rng: random.Random | None) -> dict[str, Any]:
+        """All turns of a pack in one sequence (images first, encoded once; see ``format_turns``)."""
+        members = [self.samples[j] for j in pack]
+        first = members[0]
+        turns = [(prompts.training_question(s.question, s.meta, rng) if rng else s.question, s.answer)
+                 for s in members]
+        try:
+            enc = self.tokenizer.format_turns(turns, len(first.images), max_length=self.max_length)
+        except ValueError:
+            # A re-drawn template can be a few tokens longer than the manifest's question, which
+            # pack_samples measured: fall back to those (they fit), rather than drop or cut a turn.
+            try:
+                enc = self.tokenizer.format_turns([(s.question, s.answer) for s in members], len(first.images),
+                                                  max_length=self.max_length)
+            except ValueError as exc:
+                raise SampleError(f"{first.id} (+{len(members) - 1} packed)", None, str(exc)) from None
+        images = self.load_images(first, rng)
+        return {"id": first.id, "task": PACKED_TASK, "encoded": enc,
+                "images": [images[k] for k in enc.image_order], "is_3d": first.is_3d}
+
+
+PACKED_TASK = "packed"  # the task logged for a packed training row (its turns may belong to several tasks)
+
+
+def pack_samples(samples: Sequence[Sample], tokenizer: RadFMTokenizer, max_length: int | None) -> list[list[int]]:
+    """Group the indices of samples that ask about the same images, each group within ``max_length`` tokens.
+
+    Samples with the same image list (paths and kinds, in order) and at least one image are packed in manifest
+    order; a group that would exceed ``max_length`` (measured with the manifest's questions) is cut into
+    several packs. Text-only samples stay alone. Every sample lands in exactly one pack.
+    """
+    groups: dict[tuple[tuple[str, str], ...], list[int]] = {}
+    packs: list[list[int]] = []
+    for i, s in enumerate(samples):
+        if s.images:
+            groups.setdefault(tuple((ref.path, ref.kind) for ref in s.images), []).append(i)
+        else:
+            packs.append([i])
+    for idx in groups.values():
+        n_images = len(samples[idx[0]].images)
+        prefix = tokenizer.format_turns([("q", "a")], n_images).segments.count(0)  # BOS + image blocks
+        current: list[int] = []
+        used = prefix
+        for i in idx:
+            cost = len(tokenizer.format_prompt(samples[i].question, samples[i].answer,
+                                               ["start"] * n_images).input_ids) - prefix
+            if current and max_length is not None and used + cost > max_length:
+                packs.append(current)
+                current, used = [], prefix
+            current.append(i)
+            used += cost
+        packs.append(current)
+    return packs
 
 
 @dataclass
@@ -130,6 +188,9 @@ class DataConfig:
     # Class-balanced training batches: None (off), "label" (meta["label"], else the sorted label list) or
     # "answer" (the answer text, for any closed question). Evaluation loaders are never rebalanced.
     balance: str | None = None
+    # Training only: every question about the same images in one sequence (pack_samples / format_turns),
+    # each turn masked from the others, so one image encoding serves all of its questions.
+    pack_questions: bool = False
 
     def __post_init__(self) -> None:
         if self.balance not in BALANCE_KEYS:
@@ -192,17 +253,22 @@ class RadFMDataModule(L.LightningDataModule):
         assert len(kept) + len(self.quarantine) == self.n_rows
         self.splits = {name: [s for s in kept if s.split == name] for name in ("train", "val", "test")}
 
-    def _dataset(self, samples: Sequence[Sample], train: bool) -> RadFMDataset:
+    def _dataset(self, samples: Sequence[Sample], train: bool,
+                 packs: Sequence[Sequence[int]] | None = None) -> RadFMDataset:
         return RadFMDataset(samples, self.cfg.data_root, self.tokenizer, self.cfg.transform, train,
-                            self.cfg.seed, self.cfg.max_length, self.cache)
+                            self.cfg.seed, self.cfg.max_length, self.cache, packs=packs)
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         samples = self.splits.get(split, [])
         if not samples:
             raise ValueError(f"the {split} split of {self.cfg.manifest} is empty")
-        ds = self._dataset(samples, train)
-        classes = [class_of(s, self.cfg.balance) for s in samples] if train and self.cfg.balance else None
-        sampler = ModalityBatchSampler([s.is_3d for s in samples], self.cfg.batch_size_2d,
+        packs = pack_samples(samples, self.tokenizer, self.cfg.max_length) if train and self.cfg.pack_questions \
+            else None
+        ds = self._dataset(samples, train, packs)
+        # The sampler sees one entry per item: a pack is 3D / of a class as its first sample is.
+        heads = [samples[p[0]] for p in packs] if packs is not None else samples
+        classes = [class_of(s, self.cfg.balance) for s in heads] if train and self.cfg.balance else None
+        sampler = ModalityBatchSampler([s.is_3d for s in heads], self.cfg.batch_size_2d,
                                        self.cfg.batch_size_3d, shuffle=train, seed=self.cfg.seed,
                                        classes=classes)
         loader_cls = ResumableDataLoader if train else DataLoader

@@ -120,14 +120,21 @@ class RadFMModel(nn.Module):
         labels: torch.Tensor | None = None,
         loss_weights: torch.Tensor | None = None,
         image_features: torch.Tensor | None = None,
+        segment_ids: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Return ``logits`` (B×T×V) and, with ``labels`` (B×T, -100 ignored), the answer-only ``loss``.
 
         ``loss_weights`` (B×T, float) up-weights chosen answer tokens (e.g. clinical terms); the loss is
-        the weighted mean over answer tokens. ``image_features``: see :meth:`embed`.
+        the weighted mean over answer tokens. ``image_features``: see :meth:`embed`. ``segment_ids``
+        (B×T; 0 shared prefix, k ≥ 1 turn k, -1 padding; see ``RadFMTokenizer.format_turns``) replace the
+        causal mask by :func:`packed_attention`'s, so packed turns do not see each other.
         """
         embeds = self.embed(input_ids, images, image_features)
-        out = self.lm(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False)
+        if segment_ids is not None:
+            mask4d, positions = packed_attention(segment_ids)
+            out = self.lm(inputs_embeds=embeds, attention_mask=mask4d, position_ids=positions, use_cache=False)
+        else:
+            out = self.lm(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False)
         logits = out.logits
         result = {"logits": logits}
         if labels is not None:
@@ -244,3 +251,27 @@ def answer_loss(
         mask = mask * weights[:, 1:].reshape(-1).float()
     denom = mask.sum().clamp_min(1.0)
     return (per_token * mask).sum() / denom
+
+
+def packed_attention(segment_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``B×T`` segment ids → a boolean ``B×1×T×T`` attention mask (True = may attend) and ``B×T`` positions.
+
+    Token i sees token j ≤ i when j is in the shared prefix (segment 0) or in i's own segment; padding (-1)
+    is seen by no one. Positions count the prefix from 0 and restart after it in every segment, so turn k
+    sits at the positions it would have as a sample of its own. Every token sees at least itself (padding
+    rows would otherwise be all-False, which gives NaN in attention; their outputs carry no loss).
+    """
+    b, t = segment_ids.shape
+    device = segment_ids.device
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    shared = (segment_ids == 0)[:, None, :]
+    valid = (segment_ids >= 0)[:, None, :]
+    causal = torch.ones(t, t, dtype=torch.bool, device=device).tril()
+    mask = ((same | shared) & valid & causal) | torch.eye(t, dtype=torch.bool, device=device)
+    prefix = (segment_ids == 0).sum(1, keepdim=True)
+    # Rank of each token inside its own segment: a cumulative count over a one-hot of the segments.
+    onehot = F.one_hot(segment_ids.clamp_min(0), int(segment_ids.max().clamp_min(0)) + 1)
+    rank = (onehot.cumsum(1) * onehot).sum(-1) - 1
+    positions = torch.where(segment_ids == 0, rank, prefix + rank).clamp_min(0)
+    return mask[:, None], positions
+

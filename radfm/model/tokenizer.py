@@ -33,6 +33,8 @@ class EncodedSample:
     labels: list[int]
     image_order: list[int] = field(default_factory=list)
     prompt_length: int = 0
+    # Packed turns (:meth:`RadFMTokenizer.format_turns`): 0 on the shared prefix, k on turn k; None = one turn.
+    segments: list[int] | None = None
 
 
 def _normalise_position(pos: ImagePosition, question: str, answer: str | None) -> tuple[int, int]:
@@ -210,10 +212,42 @@ class RadFMTokenizer:
             input_ids, labels = input_ids[:max_length], labels[:max_length]
         return EncodedSample(input_ids, labels, order, prompt_length)
 
+    def format_turns(self, turns: Sequence[tuple[str, str]], n_images: int,
+                     max_length: int | None = None) -> EncodedSample:
+        """Several question–answer turns about the same images in one sequence, sharing one prefix.
+
+        Layout: ``BOS, image blocks, q1 a1 EOS, q2 a2 EOS, …``. ``segments`` marks the prefix (0) and each
+        turn (1, 2, …); :class:`radfm.model.multimodal.RadFMModel` turns them into an attention mask under
+        which a turn sees only the prefix and itself, with positions restarting after the prefix — so each
+        turn is trained exactly as :meth:`format_prompt` with the images at the start would train it, while
+        the images are encoded, and the prefix run through the LM, once for all turns.
+        """
+        if not turns:
+            raise ValueError("format_turns needs at least one (question, answer) turn")
+        positions = ["start"] * n_images
+        first = self.format_prompt(turns[0][0], turns[0][1], positions)
+        prefix = (max(i for i, t in enumerate(first.input_ids) if t == self.image_end_id) + 1 if n_images
+                  else int(self.bos_id is not None))
+        input_ids, labels = list(first.input_ids), list(first.labels)
+        segments = [0] * prefix + [1] * (len(input_ids) - prefix)
+        for k, (question, answer) in enumerate(turns[1:], start=2):
+            enc = self.format_prompt(question, answer, positions)
+            input_ids += enc.input_ids[prefix:]
+            labels += enc.labels[prefix:]
+            segments += [k] * (len(enc.input_ids) - prefix)
+        if max_length is not None and len(input_ids) > max_length:
+            raise ValueError(f"{len(turns)} packed turns need {len(input_ids)} tokens but max_length is "
+                             f"{max_length}: pack fewer turns or raise data.max_length")
+        return EncodedSample(input_ids, labels, first.image_order, first.prompt_length, segments)
+
     def pad(
         self, samples: Sequence[EncodedSample], side: str = "right", pad_to: int | None = None
     ) -> dict[str, torch.Tensor]:
-        """Pad to a batch: ``input_ids``, ``attention_mask``, ``labels``, each ``B×T`` (long)."""
+        """Pad to a batch: ``input_ids``, ``attention_mask``, ``labels``, each ``B×T`` (long).
+
+        When any sample holds packed turns, ``segment_ids`` (B×T) too: its segments, 1 on every token of an
+        unpacked sample (one turn), -1 on padding.
+        """
         if side not in ("left", "right"):
             raise ValueError(f"padding side must be 'left' or 'right', got {side!r}")
         length = max(len(s.input_ids) for s in samples)
@@ -228,4 +262,12 @@ class RadFMTokenizer:
             ids[row, sl] = torch.tensor(s.input_ids, dtype=torch.long)
             labels[row, sl] = torch.tensor(s.labels, dtype=torch.long)
             mask[row, sl] = 1
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        if any(s.segments is not None for s in samples):
+            seg = torch.full((len(samples), length), -1, dtype=torch.long)
+            for row, s in enumerate(samples):
+                n = len(s.input_ids)
+                sl = slice(0, n) if side == "right" else slice(length - n, length)
+                seg[row, sl] = torch.tensor(s.segments if s.segments is not None else [1] * n, dtype=torch.long)
+            batch["segment_ids"] = seg
+        return batch

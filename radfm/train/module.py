@@ -62,7 +62,8 @@ class RadFMLitModule(L.LightningModule):
         self._t0: float | None = None
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        return self.model(batch["input_ids"], batch["attention_mask"], batch.get("images") or None)
+        return self.model(batch["input_ids"], batch["attention_mask"], batch.get("images") or None,
+                          segment_ids=batch.get("segment_ids"))
 
     def _step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
         logits = self.forward(batch)["logits"]

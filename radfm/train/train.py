@@ -37,7 +37,8 @@ def build_data_config(cfg: DictConfig) -> DataConfig:
     return DataConfig(manifest=str(d.manifest), data_root=str(d.root), batch_size_2d=d.batch_size_2d,
                       batch_size_3d=d.batch_size_3d, num_workers=d.num_workers, seed=cfg.seed,
                       on_error=d.on_error, max_length=d.max_length, prevalidate=d.prevalidate,
-                      transform=transform, balance=d.get("balance"))
+                      transform=transform, balance=d.get("balance"),
+                      pack_questions=bool(d.get("pack_questions", False)))
 
 
 def prepare_tokenizer(model_cfg: RadFMConfig, manifest: str | Path, out_dir: Path) -> RadFMTokenizer:

@@ -106,3 +106,36 @@ def test_raise_names_sample_file_and_reason(synth_root, tokenizer, tmp_path):
     with pytest.raises(SampleError) as info:
         make_dm(tmp_path / "data", tokenizer, tmp_path, on_error="raise")
     assert info.value.sample_id and info.value.reason
+
+
+def test_packed_questions_cover_every_train_row_once(synth_root, tokenizer, tmp_path, tiny_model_for):
+    """pack_questions: one item per train image holding all its questions; no row dropped or repeated;
+    the loader carries segment_ids and the model trains on them; val/test stay one row per item."""
+    from radfm.data.datamodule import PACKED_TASK, pack_samples
+
+    dm = make_dm(synth_root, tokenizer, tmp_path, pack_questions=True, max_length=512)
+    train = dm.splits["train"]
+    packs = pack_samples(train, tokenizer, 512)
+    assert sorted(i for p in packs for i in p) == list(range(len(train)))
+    for p in packs:
+        assert len({tuple(ref.path for ref in train[i].images) for i in p}) == 1
+    assert len(packs) == len({tuple(ref.path for ref in s.images) for s in train})  # all fit in 512 tokens
+    # A tight budget cuts an image's questions into several packs, still covering every row once.
+    tight = pack_samples(train, tokenizer, 160)
+    assert len(tight) > len(packs) and sorted(i for p in tight for i in p) == list(range(len(train)))
+    loader = dm.train_dataloader()
+    assert len(loader.dataset) == len(packs)
+    model = tiny_model_for(tokenizer)
+    n_answers = 0
+    for k, batch in enumerate(loader):
+        seg = batch["segment_ids"]
+        assert set(batch["tasks"]) == {PACKED_TASK} and seg.shape == batch["input_ids"].shape
+        assert ((seg == -1) == (batch["attention_mask"] == 0)).all()
+        assert int((batch["input_ids"] == tokenizer.image_patch_id).sum()) == 32 * len(batch["images"])
+        n_answers += int((batch["input_ids"] == tokenizer.eos_id).logical_and(seg > 0).sum())
+        if k == 0:
+            out = model(batch["input_ids"], batch["attention_mask"], batch["images"], batch["labels"],
+                        segment_ids=seg)
+            assert torch.isfinite(out["loss"])
+    assert n_answers == len(train)  # every turn ends in its own EOS
+    assert "segment_ids" not in next(iter(dm.val_dataloader()))

@@ -1,0 +1,64 @@
+"""Packed question turns: one sequence per image set, each turn trained exactly as its own sample."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from radfm.model.multimodal import packed_attention
+
+
+def _per_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits[:, :-1].transpose(1, 2), labels[:, 1:], ignore_index=-100, reduction="none")
+
+
+def test_packed_turns_equal_separate_samples(tiny_model, tiny_tokenizer):
+    """Logits of every answer token (and so the loss) match the unpacked samples, to float tolerance."""
+    tok, model = tiny_tokenizer, tiny_model.eval()
+    torch.manual_seed(1)
+    image = torch.randn(3, 64, 64, 4)
+    turns = [("Is there a nodule?", "Yes, a left nodule."), ("Which side?", "left"), ("Is it large?", "No.")]
+    packed = tok.format_turns(turns, n_images=1)
+    assert packed.segments[0] == 0 and sorted(set(packed.segments)) == [0, 1, 2, 3]
+    batch = tok.pad([packed])
+    with torch.no_grad():
+        out = model(batch["input_ids"], batch["attention_mask"], [image], batch["labels"],
+                    segment_ids=batch["segment_ids"])
+        singles = [tok.format_prompt(q, a, ["start"]) for q, a in turns]
+        sb = tok.pad(singles)
+        ref = model(sb["input_ids"], sb["attention_mask"], [image] * len(turns), sb["labels"])
+    seg = batch["segment_ids"][0]
+    for k, single in enumerate(singles, start=1):
+        # The answer-token logits of turn k in the pack equal those of the k-th single sample.
+        pack_pos = [i for i in range(len(seg)) if seg[i] == k and batch["labels"][0, i] != -100]
+        single_pos = [i for i, lab in enumerate(single.labels) if lab != -100]
+        assert len(pack_pos) == len(single_pos) > 0
+        got = out["logits"][0, [p - 1 for p in pack_pos]]
+        want = ref["logits"][k - 1, [p - 1 for p in single_pos]]
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    # The same answer tokens are counted: the packed loss is the token mean over all turns' answers.
+    n_answer = sum(sum(lab != -100 for lab in s.labels) for s in singles)
+    assert int((batch["labels"] != -100).sum()) == n_answer
+    assert out["loss"] == pytest.approx(float(ref["loss"]), rel=1e-4)
+
+
+def test_packed_attention_mask_and_positions():
+    seg = torch.tensor([[0, 0, 1, 1, 2, 2, 2, -1]])
+    mask, pos = packed_attention(seg)
+    m = mask[0, 0]
+    assert pos[0].tolist()[:7] == [0, 1, 2, 3, 2, 3, 4]
+    assert m[4, :2].all() and not m[4, 2:4].any() and m[4, 4] and not m[4, 5]  # turn 2 sees prefix + itself
+    assert not m[:7, 7].any() and m[7, 7]  # padding: seen by no one, sees itself (no NaN rows)
+    assert not m[0, 1]  # causal inside the prefix
+
+
+def test_unpacked_rows_in_a_packed_batch_are_plain_causal(tiny_tokenizer):
+    tok = tiny_tokenizer
+    batch = tok.pad([tok.format_turns([("Is there a nodule?", "No.")], 1), tok.format_prompt("Is there a nodule?", "No.")])
+    seg = batch["segment_ids"]
+    assert (seg[1][batch["attention_mask"][1] == 1] == 1).all() and (seg[1][batch["attention_mask"][1] == 0] == -1).all()
+    with pytest.raises(ValueError, match="max_length"):
+        tok.format_turns([("Is there a nodule?", "Yes, a left nodule.")] * 8, 1, max_length=40)
+    with pytest.raises(ValueError, match="at least one"):
+        tok.format_turns([], 1)
