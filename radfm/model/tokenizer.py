@@ -256,18 +256,17 @@ class RadFMTokenizer:
         ids = torch.full((len(samples), length), self.pad_id, dtype=torch.long)
         labels = torch.full((len(samples), length), IGNORE_INDEX, dtype=torch.long)
         mask = torch.zeros((len(samples), length), dtype=torch.long)
+        packed = any(s.segments is not None for s in samples)
+        seg = torch.full((len(samples), length), -1, dtype=torch.long) if packed else None
         for row, s in enumerate(samples):
             n = len(s.input_ids)
             sl = slice(0, n) if side == "right" else slice(length - n, length)
             ids[row, sl] = torch.tensor(s.input_ids, dtype=torch.long)
             labels[row, sl] = torch.tensor(s.labels, dtype=torch.long)
             mask[row, sl] = 1
-        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
-        if any(s.segments is not None for s in samples):
-            seg = torch.full((len(samples), length), -1, dtype=torch.long)
-            for row, s in enumerate(samples):
-                n = len(s.input_ids)
-                sl = slice(0, n) if side == "right" else slice(length - n, length)
+            if seg is not None:
                 seg[row, sl] = torch.tensor(s.segments if s.segments is not None else [1] * n, dtype=torch.long)
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        if seg is not None:
             batch["segment_ids"] = seg
         return batch
