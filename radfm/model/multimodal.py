@@ -261,7 +261,7 @@ def packed_attention(segment_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     sits at the positions it would have as a sample of its own. Every token sees at least itself (padding
     rows would otherwise be all-False, which gives NaN in attention; their outputs carry no loss).
     """
-    b, t = segment_ids.shape
+    t = segment_ids.shape[1]
     device = segment_ids.device
     same = segment_ids[:, :, None] == segment_ids[:, None, :]
     shared = (segment_ids == 0)[:, None, :]
