@@ -72,7 +72,8 @@ class RadFMDataset(Dataset):
             raise SampleError(sample.id, None, str(exc)) from None
         images = self.load_images(sample, rng)
         return {"id": sample.id, "task": sample.task, "encoded": enc,
-                "images": [images[k] for k in enc.image_order], "is_3d": sample.is_3d}
+                "images": [images[k] for k in enc.image_order], "is_3d": sample.is_3d,
+                "label_names": sample.labels}
 
     def _packed_item(self, pack: Sequence[int], rng: random.Random | None) -> dict[str, Any]:
         """All turns of a pack in one sequence (images first, encoded once; see ``format_turns``)."""
@@ -92,7 +93,8 @@ class RadFMDataset(Dataset):
                 raise SampleError(f"{first.id} (+{len(members) - 1} packed)", None, str(exc)) from None
         images = self.load_images(first, rng)
         return {"id": first.id, "task": PACKED_TASK, "encoded": enc,
-                "images": [images[k] for k in enc.image_order], "is_3d": first.is_3d}
+                "images": [images[k] for k in enc.image_order], "is_3d": first.is_3d,
+                "label_names": first.labels}
 
 
 PACKED_TASK = "packed"  # the task logged for a packed training row (its turns may belong to several tasks)
@@ -131,7 +133,11 @@ def pack_samples(samples: Sequence[Sample], tokenizer: RadFMTokenizer, max_lengt
 
 @dataclass
 class Collator:
-    """Pads a list of items into ``input_ids``/``attention_mask``/``labels`` (B×T) + a list of images."""
+    """Pads a list of items into ``input_ids``/``attention_mask``/``labels`` (B×T) + a list of images.
+
+    Also per row: ``n_images`` (how many of ``images`` are its own, in order) and ``label_names`` (the
+    manifest's ``labels``, None where the row has none), which the optional label head trains on.
+    """
 
     tokenizer: RadFMTokenizer
     side: str = "right"
@@ -141,6 +147,8 @@ class Collator:
         batch["images"] = [img for it in items for img in it["images"]]
         batch["ids"] = [it["id"] for it in items]
         batch["tasks"] = [it["task"] for it in items]
+        batch["n_images"] = [len(it["images"]) for it in items]
+        batch["label_names"] = [it.get("label_names") for it in items]
         return batch
 
 

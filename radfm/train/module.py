@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -35,6 +35,8 @@ class RadFMLitModule(L.LightningModule):
         model: RadFMModel | None = None,
         loss_reduction: str = "token",
         lr_scale: Mapping[str, float] | None = None,
+        label_names: Sequence[str] | None = None,
+        label_head_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if loss_reduction not in ("token", "sample"):
@@ -43,9 +45,17 @@ class RadFMLitModule(L.LightningModule):
         for prefix, scale in self.lr_scale.items():
             if scale < 0:
                 raise ValueError(f"lr_scale[{prefix!r}] = {scale} must be >= 0")
+        if label_head_weight < 0:
+            raise ValueError(f"label_head_weight = {label_head_weight} must be >= 0")
+        if label_head_weight > 0 and not label_names:
+            raise ValueError("label_head_weight > 0 needs label_names: the training split's manifest rows carry "
+                             "no `labels` to train the label head on (set label_head_weight: 0)")
+        self.label_names = list(label_names or []) if label_head_weight > 0 else []
+        self.label_head_weight = float(label_head_weight)
         self.save_hyperparameters({"model": model_cfg.to_dict(), "freeze": freeze, "lora": lora,
                                    "term_weight": term_weight, "seed": seed, "loss_reduction": loss_reduction,
-                                   "lr_scale": self.lr_scale})
+                                   "lr_scale": self.lr_scale, "label_head_weight": self.label_head_weight,
+                                   "label_names": self.label_names})
         self.loss_reduction = loss_reduction
         self.model_cfg = model_cfg
         self.tokenizer = tokenizer
@@ -59,14 +69,53 @@ class RadFMLitModule(L.LightningModule):
         self.optimizer_fn = optimizer or (lambda params: torch.optim.AdamW(params, lr=3e-4))
         self.scheduler_fn = scheduler
         self.weighter = TermWeighter(tokenizer, load_terms(), term_weight) if term_weight != 1.0 else None
+        # Training-only: a linear multi-label head on the image tokens the LM sees (not part of the exported
+        # model). Why: the answer loss reaches the vision tower only through the LM, and a lesion changes a
+        # few of ~40 answer tokens, so the ViT never learned lesions in the 10-minute demo (yes/no at chance);
+        # a direct loss on the manifest's labels gives it that signal (BENCHMARKS.md, "Main job").
+        self.label_head = (torch.nn.Linear(model_cfg.lm.hidden_size, len(self.label_names))
+                           if self.label_names else None)
         self._t0: float | None = None
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         return self.model(batch["input_ids"], batch["attention_mask"], batch.get("images") or None,
                           segment_ids=batch.get("segment_ids"))
 
+    def label_loss(self, features: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor | None:
+        """Binary cross-entropy of the label head on each row's image tokens, or None without a labelled row.
+
+        ``features``: ``N×K×hidden`` image tokens of the batch's N images (row by row, ``batch["n_images"]``
+        of them per row). A row's input is the mean of its images' tokens; its target the multi-hot of its
+        ``label_names`` over ``self.label_names`` (an empty list: no finding, every target 0). Rows without
+        images or with ``label_names`` None carry no target and are left out.
+        """
+        assert self.label_head is not None
+        index = {name: j for j, name in enumerate(self.label_names)}
+        pooled, targets, start = [], [], 0
+        for n, names in zip(batch["n_images"], batch["label_names"], strict=True):
+            if n and names is not None:
+                pooled.append(features[start:start + n].mean(dim=(0, 1)))
+                target = features.new_zeros(len(index))
+                for name in names:
+                    if name in index:  # a label unseen in training (val rows) has no output to train
+                        target[index[name]] = 1.0
+                targets.append(target)
+            start += n
+        if not pooled:
+            return None
+        logits = self.label_head(torch.stack(pooled).float())
+        return F.binary_cross_entropy_with_logits(logits, torch.stack(targets).float())
+
     def _step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
-        logits = self.forward(batch)["logits"]
+        images = batch.get("images") or None
+        aux: torch.Tensor | None = None
+        if self.label_head is not None and images is not None and "label_names" in batch:
+            features = self.model.encode_images(images)  # encoded once, for the head and the LM
+            logits = self.model(batch["input_ids"], batch["attention_mask"], image_features=features,
+                                segment_ids=batch.get("segment_ids"))["logits"]
+            aux = self.label_loss(features, batch)
+        else:
+            logits = self.forward(batch)["logits"]
         labels = batch["labels"]
         target = labels[:, 1:]
         per_token = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), target,
@@ -84,10 +133,14 @@ class RadFMLitModule(L.LightningModule):
             loss = (per_token * weights).sum() / weights.sum().clamp_min(1.0)
         bs = labels.shape[0]
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=bs, sync_dist=stage != "train")
+        if aux is not None:
+            self.log(f"{stage}/label_loss", aux, batch_size=bs, sync_dist=stage != "train")
+            if stage == "train":
+                loss = loss + self.label_head_weight * aux
         # Per task family: the plain (unweighted) answer loss of the rows of that task.
         row_loss = (per_token * mask).sum(1) / mask.sum(1).clamp_min(1.0)
         tasks = sorted(set(batch.get("tasks", [])))
-        if stage != "train" and self.trainer is not None and self.trainer.world_size > 1:
+        if stage != "train" and self._trainer is not None and self._trainer.world_size > 1:
             tasks = self._tasks_on_any_rank(tasks)  # synced keys must be the same on every rank
         for task in tasks:
             rows = torch.tensor([t == task for t in batch["tasks"]], device=row_loss.device)
@@ -142,6 +195,8 @@ class RadFMLitModule(L.LightningModule):
             hits = [k for k in self.lr_scale if name == k or name.startswith(k + ".")]
             scale = self.lr_scale[max(hits, key=len)] if hits else 1.0
             groups.setdefault(scale, []).append(p)
+        if self.label_head is not None:
+            groups.setdefault(1.0, []).extend(self.label_head.parameters())
         return [{"params": ps, "lr_scale": scale} for scale, ps in groups.items()]
 
     def configure_optimizers(self) -> Any:

@@ -72,15 +72,24 @@ def build_trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
     return {k: t[k] for k in keys if k in t}
 
 
+def train_label_names(manifest: str | Path) -> list[str]:
+    """The sorted label vocabulary of the manifest's training rows (their ``labels``; rows without none)."""
+    samples = read_manifest(manifest, on_error="quarantine", quarantine=Quarantine())
+    return sorted({name for s in samples if s.split == "train" for name in (s.labels or ())})
+
+
 def build_module(cfg: DictConfig, model_cfg: RadFMConfig, tokenizer: RadFMTokenizer) -> RadFMLitModule:
     """The LightningModule as the composed config says (one process and every Ray worker alike)."""
     lr_scale = cfg.optim.get("lr_scale")
+    head_weight = float(cfg.get("label_head_weight", 0.0))
+    label_names = train_label_names(cfg.data.manifest) if head_weight > 0 else None
     return RadFMLitModule(model_cfg, tokenizer, optimizer=instantiate(cfg.optim.optimizer),
                           scheduler=instantiate(cfg.optim.scheduler), freeze=cfg.freeze,
                           lora=OmegaConf.to_container(cfg.lora) if cfg.lora else None,
                           term_weight=cfg.term_weight, seed=cfg.seed,
                           loss_reduction=cfg.get("loss_reduction", "token"),
-                          lr_scale=OmegaConf.to_container(lr_scale) if lr_scale else None)
+                          lr_scale=OmegaConf.to_container(lr_scale) if lr_scale else None,
+                          label_names=label_names, label_head_weight=head_weight)
 
 
 def train(cfg: DictConfig) -> dict[str, float]:

@@ -1,0 +1,86 @@
+"""The training-only label head: its loss by hand, its gradient, its absence from the exported model, a real run."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+import torch
+import torch.nn.functional as F
+
+from radfm.data.datamodule import Collator
+from radfm.model import presets
+from radfm.train.module import RadFMLitModule
+
+
+def _module(tokenizer, **kw) -> RadFMLitModule:
+    return RadFMLitModule(presets.tiny(), tokenizer, label_names=["cyst", "mass"], label_head_weight=2.0, **kw)
+
+
+def test_label_loss_by_hand(tiny_tokenizer):
+    """Rows pool their own images; None-labelled and image-less rows carry no target; unseen labels no output."""
+    module = _module(tiny_tokenizer)
+    hidden = presets.tiny().lm.hidden_size
+    torch.manual_seed(0)
+    features = torch.randn(4, 3, hidden)  # images of rows A (1), C (1), D (2); row B has none
+    batch = {"n_images": [1, 0, 1, 2], "label_names": [["mass", "haemorrhage"], ["cyst"], None, []]}
+    got = module.label_loss(features, batch)
+
+    w, b = module.label_head.weight.detach(), module.label_head.bias.detach()
+    pooled = torch.stack([features[0].mean(0), features[2:4].mean(dim=(0, 1))])
+    p = torch.sigmoid(pooled @ w.T + b)
+    y = torch.tensor([[0.0, 1.0], [0.0, 0.0]])
+    want = -(y * p.log() + (1 - y) * (1 - p).log()).mean()
+    assert got is not None and float(got) == pytest.approx(float(want), rel=1e-5)
+
+    assert module.label_loss(features[:1], {"n_images": [1, 0], "label_names": [None, ["cyst"]]}) is None
+
+
+def test_label_head_adds_to_the_training_loss_and_trains_vision(tiny_tokenizer):
+    """The step's loss is answer loss + weight × label loss; its gradient reaches the ViT; export leaves it out."""
+    module = _module(tiny_tokenizer)
+    plain = RadFMLitModule(presets.tiny(), tiny_tokenizer)
+    plain.model.load_state_dict(module.model.state_dict())
+    enc = [tiny_tokenizer.format_prompt("Is there a nodule?", "yes", ["start"]),
+           tiny_tokenizer.format_prompt("Is there a nodule?", "no", ["end"])]
+    torch.manual_seed(1)
+    images = [torch.randn(3, 64, 64, 4), torch.randn(3, 64, 64, 4)]
+    batch = Collator(tiny_tokenizer)([
+        {"id": "a", "task": "diagnosis", "encoded": enc[0], "images": [images[0]], "label_names": ["mass"]},
+        {"id": "b", "task": "diagnosis", "encoded": enc[1], "images": [images[1]], "label_names": []},
+    ])
+    assert batch["n_images"] == [1, 1] and batch["label_names"] == [["mass"], []]
+
+    loss = module._step(batch, "train")
+    answer = plain._step(batch, "train")
+    aux = module.label_loss(module.model.encode_images(batch["images"]), batch)
+    assert float(loss) == pytest.approx(float(answer) + 2.0 * float(aux), rel=1e-4)
+    assert float(module._step(batch, "val")) == pytest.approx(float(answer), rel=1e-4)  # val: answer loss only
+
+    module.zero_grad()
+    F.mse_loss(module.label_loss(module.model.encode_images(batch["images"]), batch), torch.zeros(())).backward()
+    assert module.label_head.weight.grad.abs().sum() > 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.model.vision.encoder.parameters())
+    assert not any("label_head" in k for k in module.model.state_dict())  # the exported model has no head
+    grouped = {id(p) for g in module.param_groups() for p in g["params"]}
+    assert all(id(p) in grouped for p in module.label_head.parameters())
+
+
+def test_label_head_needs_labels(tiny_tokenizer):
+    with pytest.raises(ValueError, match="needs label_names"):
+        RadFMLitModule(presets.tiny(), tiny_tokenizer, label_names=[], label_head_weight=1.0)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        RadFMLitModule(presets.tiny(), tiny_tokenizer, label_names=["mass"], label_head_weight=-1.0)
+    assert RadFMLitModule(presets.tiny(), tiny_tokenizer, label_names=["mass"]).label_head is None  # weight 0
+
+
+def test_training_with_the_label_head_logs_its_loss(make_cfg):
+    """A real short run on MedMD-synth: the vocabulary comes from the manifest; MLflow has train/label_loss."""
+    from radfm.train.train import train, train_label_names
+
+    cfg = make_cfg("label_head_weight=1.0")
+    metrics = train(cfg)
+    names = train_label_names(cfg.data.manifest)
+    assert names and names == sorted(names) and set(names) <= {"cyst", "mass", "nodule", "effusion", "fracture"}
+    client = mlflow.MlflowClient(tracking_uri=cfg.paths.mlflow_uri)
+    history = client.get_metric_history(metrics["run_id"], "train/label_loss")
+    assert len(history) >= 3 and all(m.value > 0 for m in history)
