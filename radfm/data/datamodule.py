@@ -28,8 +28,12 @@ class RadFMDataset(Dataset):
 
     def __init__(self, samples: Sequence[Sample], data_root: str | Path, tokenizer: RadFMTokenizer,
                  transform: TransformConfig, train: bool, seed: int = 0, max_length: int | None = None,
-                 cache: Any = None, epoch: int = 0, packs: Sequence[Sequence[int]] | None = None) -> None:
+                 cache: Any = None, epoch: int = 0, packs: Sequence[Sequence[int]] | None = None,
+                 label_source: str = "labels") -> None:
+        if label_source not in LABEL_SOURCES:
+            raise ValueError(f"label_source {label_source!r} is not one of {LABEL_SOURCES}")
         self.samples = list(samples)
+        self.label_source = label_source
         # packs: items made of several samples that share their images (see pack_samples); None = one each.
         self.packs = [list(p) for p in packs] if packs is not None else None
         self.data_root = data_root
@@ -73,7 +77,7 @@ class RadFMDataset(Dataset):
         images = self.load_images(sample, rng)
         return {"id": sample.id, "task": sample.task, "encoded": enc,
                 "images": [images[k] for k in enc.image_order], "is_3d": sample.is_3d,
-                "label_names": sample.labels}
+                "label_names": label_names(sample, self.label_source)}
 
     def _packed_item(self, pack: Sequence[int], rng: random.Random | None) -> dict[str, Any]:
         """All turns of a pack in one sequence (images first, encoded once; see ``format_turns``)."""
@@ -94,7 +98,27 @@ class RadFMDataset(Dataset):
         images = self.load_images(first, rng)
         return {"id": first.id, "task": PACKED_TASK, "encoded": enc,
                 "images": [images[k] for k in enc.image_order], "is_3d": first.is_3d,
-                "label_names": first.labels}
+                "label_names": label_names(first, self.label_source)}
+
+
+LABEL_SOURCES = ("labels", "findings")
+
+
+def label_names(sample: Sample, source: str = "labels") -> list[str] | None:
+    """What the training-only label head learns of a row; None: nothing known (the row gets no target).
+
+    ``labels``: the manifest's ``labels`` list. ``findings``: from structured findings (``meta["findings"]``,
+    MedMD-synth's form: dicts with ``type`` and an optional ``side``), each finding's type and, when sided,
+    ``"<type> <side>"`` — so the head also learns where a lesion is, which reports and rationales must name.
+    """
+    if source == "labels":
+        return None if sample.labels is None else list(sample.labels)
+    findings = (sample.meta or {}).get("findings")
+    if findings is None:
+        return None
+    names = {str(f["type"]) for f in findings}
+    names |= {f"{f['type']} {f['side']}" for f in findings if f.get("side")}
+    return sorted(names)
 
 
 PACKED_TASK = "packed"  # the task logged for a packed training row (its turns may belong to several tasks)
@@ -199,10 +223,14 @@ class DataConfig:
     # Training only: every question about the same images in one sequence (pack_samples / format_turns),
     # each turn masked from the others, so one image encoding serves all of its questions.
     pack_questions: bool = False
+    # What each row's `label_names` holds for the training-only label head (see label_names).
+    label_source: str = "labels"
 
     def __post_init__(self) -> None:
         if self.balance not in BALANCE_KEYS:
             raise ValueError(f"data balance {self.balance!r} is not one of {BALANCE_KEYS}")
+        if self.label_source not in LABEL_SOURCES:
+            raise ValueError(f"data label_source {self.label_source!r} is not one of {LABEL_SOURCES}")
 
 
 BALANCE_KEYS = (None, "label", "answer")
@@ -264,7 +292,8 @@ class RadFMDataModule(L.LightningDataModule):
     def _dataset(self, samples: Sequence[Sample], train: bool,
                  packs: Sequence[Sequence[int]] | None = None) -> RadFMDataset:
         return RadFMDataset(samples, self.cfg.data_root, self.tokenizer, self.cfg.transform, train,
-                            self.cfg.seed, self.cfg.max_length, self.cache, packs=packs)
+                            self.cfg.seed, self.cfg.max_length, self.cache, packs=packs,
+                            label_source=self.cfg.label_source)
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         samples = self.splits.get(split, [])

@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from radfm.data.cache import TensorCache
-from radfm.data.datamodule import DataConfig, RadFMDataModule
+from radfm.data.datamodule import DataConfig, RadFMDataModule, label_names
 from radfm.data.errors import Quarantine
 from radfm.data.manifest import read_manifest
 from radfm.data.transforms import TransformConfig
@@ -38,7 +38,8 @@ def build_data_config(cfg: DictConfig) -> DataConfig:
                       batch_size_3d=d.batch_size_3d, num_workers=d.num_workers, seed=cfg.seed,
                       on_error=d.on_error, max_length=d.max_length, prevalidate=d.prevalidate,
                       transform=transform, balance=d.get("balance"),
-                      pack_questions=bool(d.get("pack_questions", False)))
+                      pack_questions=bool(d.get("pack_questions", False)),
+                      label_source=str(d.get("label_source", "labels")))
 
 
 def prepare_tokenizer(model_cfg: RadFMConfig, manifest: str | Path, out_dir: Path) -> RadFMTokenizer:
@@ -72,24 +73,25 @@ def build_trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
     return {k: t[k] for k in keys if k in t}
 
 
-def train_label_names(manifest: str | Path) -> list[str]:
-    """The sorted label vocabulary of the manifest's training rows (their ``labels``; rows without none)."""
+def train_label_names(manifest: str | Path, source: str = "labels") -> list[str]:
+    """The sorted label vocabulary of the manifest's training rows (``datamodule.label_names`` of each)."""
     samples = read_manifest(manifest, on_error="quarantine", quarantine=Quarantine())
-    return sorted({name for s in samples if s.split == "train" for name in (s.labels or ())})
+    return sorted({name for s in samples if s.split == "train" for name in (label_names(s, source) or ())})
 
 
 def build_module(cfg: DictConfig, model_cfg: RadFMConfig, tokenizer: RadFMTokenizer) -> RadFMLitModule:
     """The LightningModule as the composed config says (one process and every Ray worker alike)."""
     lr_scale = cfg.optim.get("lr_scale")
     head_weight = float(cfg.get("label_head_weight", 0.0))
-    label_names = train_label_names(cfg.data.manifest) if head_weight > 0 else None
+    names = (train_label_names(cfg.data.manifest, str(cfg.data.get("label_source", "labels")))
+             if head_weight > 0 else None)
     return RadFMLitModule(model_cfg, tokenizer, optimizer=instantiate(cfg.optim.optimizer),
                           scheduler=instantiate(cfg.optim.scheduler), freeze=cfg.freeze,
                           lora=OmegaConf.to_container(cfg.lora) if cfg.lora else None,
                           term_weight=cfg.term_weight, seed=cfg.seed,
                           loss_reduction=cfg.get("loss_reduction", "token"),
                           lr_scale=OmegaConf.to_container(lr_scale) if lr_scale else None,
-                          label_names=label_names, label_head_weight=head_weight)
+                          label_names=names, label_head_weight=head_weight)
 
 
 def train(cfg: DictConfig) -> dict[str, float]:

@@ -84,3 +84,23 @@ def test_training_with_the_label_head_logs_its_loss(make_cfg):
     client = mlflow.MlflowClient(tracking_uri=cfg.paths.mlflow_uri)
     history = client.get_metric_history(metrics["run_id"], "train/label_loss")
     assert len(history) >= 3 and all(m.value > 0 for m in history)
+
+
+def test_label_names_from_labels_or_findings():
+    """`labels`: the manifest's list (None stays None); `findings`: each type and, when sided, type + side."""
+    from radfm.data.datamodule import DataConfig, label_names
+    from radfm.data.manifest import Sample
+
+    def row(labels, meta):
+        return Sample(id="s", task="report", split="train", question="q", answer="a", labels=labels, meta=meta)
+
+    findings = [{"type": "effusion", "side": "left"}, {"type": "mass", "side": None}, {"type": "effusion",
+                                                                                        "side": "right"}]
+    sample = row(["effusion", "mass"], {"findings": findings})
+    assert label_names(sample) == ["effusion", "mass"]
+    assert label_names(sample, "findings") == ["effusion", "effusion left", "effusion right", "mass"]
+    assert label_names(row(None, {"findings": []}), "labels") is None
+    assert label_names(row(None, {"findings": []}), "findings") == []  # a normal scene: every target 0
+    assert label_names(row(["mass"], {}), "findings") is None  # no structured findings: no target
+    with pytest.raises(ValueError, match="label_source"):
+        DataConfig(label_source="reports")
