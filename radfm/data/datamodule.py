@@ -29,11 +29,14 @@ class RadFMDataset(Dataset):
     def __init__(self, samples: Sequence[Sample], data_root: str | Path, tokenizer: RadFMTokenizer,
                  transform: TransformConfig, train: bool, seed: int = 0, max_length: int | None = None,
                  cache: Any = None, epoch: int = 0, packs: Sequence[Sequence[int]] | None = None,
-                 label_source: str = "labels") -> None:
+                 label_source: str = "labels", pack_layout: str = "inline") -> None:
         if label_source not in LABEL_SOURCES:
             raise ValueError(f"label_source {label_source!r} is not one of {LABEL_SOURCES}")
+        if pack_layout not in PACK_LAYOUTS:
+            raise ValueError(f"pack_layout {pack_layout!r} is not one of {PACK_LAYOUTS}")
         self.samples = list(samples)
         self.label_source = label_source
+        self.pack_layout = pack_layout
         # packs: items made of several samples that share their images (see pack_samples); None = one each.
         self.packs = [list(p) for p in packs] if packs is not None else None
         self.data_root = data_root
@@ -80,28 +83,40 @@ class RadFMDataset(Dataset):
                 "label_names": label_names(sample, self.label_source)}
 
     def _packed_item(self, pack: Sequence[int], rng: random.Random | None) -> dict[str, Any]:
-        """All turns of a pack in one sequence (images first, encoded once; see ``format_turns``)."""
+        """All turns of a pack in one sequence (see ``format_turns``); its images are loaded and encoded once.
+
+        The inline layout draws each turn's image positions as an unpacked sample's would be drawn;
+        ``image_blocks`` maps every image block of the sequence to its image.
+        """
         members = [self.samples[j] for j in pack]
         first = members[0]
         turns = [(prompts.training_question(s.question, s.meta, rng) if rng else s.question, s.answer)
                  for s in members]
+        positions = None
+        if self.pack_layout == "inline":
+            positions = [[prompts.image_position(rng, ref.position if not (self.train and ref.position in
+                                                                          ("start", "end")) else None)
+                          for ref in s.images] for s in members]
+        n = len(first.images)
         try:
-            enc = self.tokenizer.format_turns(turns, len(first.images), max_length=self.max_length)
+            enc = self.tokenizer.format_turns(turns, n, max_length=self.max_length, positions=positions)
         except ValueError:
             # A re-drawn template can be a few tokens longer than the manifest's question, which
             # pack_samples measured: fall back to those (they fit), rather than drop or cut a turn.
             try:
-                enc = self.tokenizer.format_turns([(s.question, s.answer) for s in members], len(first.images),
-                                                  max_length=self.max_length)
+                enc = self.tokenizer.format_turns([(s.question, s.answer) for s in members], n,
+                                                  max_length=self.max_length,
+                                                  positions=None if positions is None else [["start"] * n] * len(members))
             except ValueError as exc:
                 raise SampleError(f"{first.id} (+{len(members) - 1} packed)", None, str(exc)) from None
         images = self.load_images(first, rng)
-        return {"id": first.id, "task": PACKED_TASK, "encoded": enc,
-                "images": [images[k] for k in enc.image_order], "is_3d": first.is_3d,
+        return {"id": first.id, "task": PACKED_TASK, "encoded": enc, "images": images,
+                "image_blocks": list(enc.image_order), "is_3d": first.is_3d,
                 "label_names": label_names(first, self.label_source)}
 
 
 LABEL_SOURCES = ("labels", "findings")
+PACK_LAYOUTS = ("inline", "shared")  # see RadFMTokenizer.format_turns
 
 
 def label_names(sample: Sample, source: str = "labels") -> list[str] | None:
@@ -124,7 +139,8 @@ def label_names(sample: Sample, source: str = "labels") -> list[str] | None:
 PACKED_TASK = "packed"  # the task logged for a packed training row (its turns may belong to several tasks)
 
 
-def pack_samples(samples: Sequence[Sample], tokenizer: RadFMTokenizer, max_length: int | None) -> list[list[int]]:
+def pack_samples(samples: Sequence[Sample], tokenizer: RadFMTokenizer, max_length: int | None,
+                 layout: str = "inline") -> list[list[int]]:
     """Group the indices of samples that ask about the same images, each group within ``max_length`` tokens.
 
     Samples with the same image list (paths and kinds, in order) and at least one image are packed in manifest
@@ -140,7 +156,9 @@ def pack_samples(samples: Sequence[Sample], tokenizer: RadFMTokenizer, max_lengt
             packs.append([i])
     for idx in groups.values():
         n_images = len(samples[idx[0]].images)
-        prefix = tokenizer.format_turns([("q", "a")], n_images).segments.count(0)  # BOS + image blocks
+        # The shared prefix: BOS + the image blocks (shared layout) or BOS alone (inline: blocks in every turn).
+        prefix = tokenizer.format_turns([("q", "a")], n_images, positions=None if layout == "shared" else
+                                        [["start"] * n_images]).segments.count(0)
         current: list[int] = []
         used = prefix
         for i in idx:
@@ -160,7 +178,9 @@ class Collator:
     """Pads a list of items into ``input_ids``/``attention_mask``/``labels`` (B×T) + a list of images.
 
     Also per row: ``n_images`` (how many of ``images`` are its own, in order) and ``label_names`` (the
-    manifest's ``labels``, None where the row has none), which the optional label head trains on.
+    manifest's ``labels``, None where the row has none), which the optional label head trains on. When an
+    item repeats its images (inline packs), ``images`` holds each once and ``image_blocks`` (a LongTensor)
+    maps every image block to it.
     """
 
     tokenizer: RadFMTokenizer
@@ -172,6 +192,13 @@ class Collator:
         batch["ids"] = [it["id"] for it in items]
         batch["tasks"] = [it["task"] for it in items]
         batch["n_images"] = [len(it["images"]) for it in items]
+        if any("image_blocks" in it for it in items):
+            # Image block j of the batch (row by row) shows batch["images"][image_blocks[j]].
+            blocks, offset = [], 0
+            for it in items:
+                blocks += [offset + k for k in it.get("image_blocks", range(len(it["images"])))]
+                offset += len(it["images"])
+            batch["image_blocks"] = torch.tensor(blocks, dtype=torch.long)
         batch["label_names"] = [it.get("label_names") for it in items]
         return batch
 
@@ -225,12 +252,17 @@ class DataConfig:
     pack_questions: bool = False
     # What each row's `label_names` holds for the training-only label head (see label_names).
     label_source: str = "labels"
+    # Packed sequences: "inline" (each turn with its own image blocks, placed as unpacked samples place them)
+    # or "shared" (the images once, first; cheaper, but trains only the images-first layout).
+    pack_layout: str = "inline"
 
     def __post_init__(self) -> None:
         if self.balance not in BALANCE_KEYS:
             raise ValueError(f"data balance {self.balance!r} is not one of {BALANCE_KEYS}")
         if self.label_source not in LABEL_SOURCES:
             raise ValueError(f"data label_source {self.label_source!r} is not one of {LABEL_SOURCES}")
+        if self.pack_layout not in PACK_LAYOUTS:
+            raise ValueError(f"data pack_layout {self.pack_layout!r} is not one of {PACK_LAYOUTS}")
 
 
 BALANCE_KEYS = (None, "label", "answer")
@@ -293,14 +325,14 @@ class RadFMDataModule(L.LightningDataModule):
                  packs: Sequence[Sequence[int]] | None = None) -> RadFMDataset:
         return RadFMDataset(samples, self.cfg.data_root, self.tokenizer, self.cfg.transform, train,
                             self.cfg.seed, self.cfg.max_length, self.cache, packs=packs,
-                            label_source=self.cfg.label_source)
+                            label_source=self.cfg.label_source, pack_layout=self.cfg.pack_layout)
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         samples = self.splits.get(split, [])
         if not samples:
             raise ValueError(f"the {split} split of {self.cfg.manifest} is empty")
-        packs = pack_samples(samples, self.tokenizer, self.cfg.max_length) if train and self.cfg.pack_questions \
-            else None
+        packs = (pack_samples(samples, self.tokenizer, self.cfg.max_length, self.cfg.pack_layout)
+                 if train and self.cfg.pack_questions else None)
         ds = self._dataset(samples, train, packs)
         # The sampler sees one entry per item: a pack is 3D / of a class as its first sample is.
         heads = [samples[p[0]] for p in packs] if packs is not None else samples

@@ -212,33 +212,45 @@ class RadFMTokenizer:
             input_ids, labels = input_ids[:max_length], labels[:max_length]
         return EncodedSample(input_ids, labels, order, prompt_length)
 
-    def format_turns(self, turns: Sequence[tuple[str, str]], n_images: int,
-                     max_length: int | None = None) -> EncodedSample:
-        """Several question–answer turns about the same images in one sequence, sharing one prefix.
+    def format_turns(self, turns: Sequence[tuple[str, str]], n_images: int, max_length: int | None = None,
+                     positions: Sequence[Sequence[ImagePosition]] | None = None) -> EncodedSample:
+        """Several question–answer turns about the same images in one sequence.
 
-        Layout: ``BOS, image blocks, q1 a1 EOS, q2 a2 EOS, …``. ``segments`` marks the prefix (0) and each
-        turn (1, 2, …); :class:`radfm.model.multimodal.RadFMModel` turns them into an attention mask under
-        which a turn sees only the prefix and itself, with positions restarting after the prefix — so each
-        turn is trained exactly as :meth:`format_prompt` with the images at the start would train it, while
-        the images are encoded, and the prefix run through the LM, once for all turns.
+        ``positions`` None (the *shared* layout): ``BOS, image blocks, q1 a1 EOS, q2 a2 EOS, …`` — the
+        images and the prefix run through the LM once for all turns, but every turn is trained with its
+        images first. ``positions`` one list per turn (the *inline* layout): ``BOS, turn 1, turn 2, …`` where
+        turn k is :meth:`format_prompt` of (q_k, a_k, positions[k]) without its BOS — each turn has its own
+        image blocks where its sample would (so image-after-question layouts are trained too);
+        ``image_order`` then lists the image of every block of every turn, so an image appears once per turn
+        (encode it once and index the features: ``radfm.data.datamodule.Collator``'s ``image_blocks``).
+        ``segments`` marks the prefix (0) and each turn (1, 2, …); :class:`radfm.model.multimodal.RadFMModel`
+        turns them into an attention mask under which a turn sees only the prefix and itself, with positions
+        restarting after the prefix — so each turn is trained exactly as its own sample would be.
         """
         if not turns:
             raise ValueError("format_turns needs at least one (question, answer) turn")
-        positions = ["start"] * n_images
-        first = self.format_prompt(turns[0][0], turns[0][1], positions)
-        prefix = (max(i for i, t in enumerate(first.input_ids) if t == self.image_end_id) + 1 if n_images
-                  else int(self.bos_id is not None))
-        input_ids, labels = list(first.input_ids), list(first.labels)
-        segments = [0] * prefix + [1] * (len(input_ids) - prefix)
-        for k, (question, answer) in enumerate(turns[1:], start=2):
-            enc = self.format_prompt(question, answer, positions)
+        if positions is not None and len(positions) != len(turns):
+            raise ValueError(f"format_turns got {len(positions)} position lists for {len(turns)} turns")
+        per_turn = positions if positions is not None else [["start"] * n_images] * len(turns)
+        encoded = [self.format_prompt(q, a, pos) for (q, a), pos in zip(turns, per_turn, strict=True)]
+        first = encoded[0]
+        if positions is None and n_images:
+            prefix = max(i for i, t in enumerate(first.input_ids) if t == self.image_end_id) + 1
+        else:
+            prefix = int(self.bos_id is not None)
+        input_ids, labels = list(first.input_ids[:prefix]), list(first.labels[:prefix])
+        segments = [0] * prefix
+        order: list[int] = list(first.image_order) if positions is None else []
+        for k, enc in enumerate(encoded, start=1):
             input_ids += enc.input_ids[prefix:]
             labels += enc.labels[prefix:]
             segments += [k] * (len(enc.input_ids) - prefix)
+            if positions is not None:
+                order += enc.image_order
         if max_length is not None and len(input_ids) > max_length:
             raise ValueError(f"{len(turns)} packed turns need {len(input_ids)} tokens but max_length is "
                              f"{max_length}: pack fewer turns or raise data.max_length")
-        return EncodedSample(input_ids, labels, first.image_order, first.prompt_length, segments)
+        return EncodedSample(input_ids, labels, order, first.prompt_length, segments)
 
     def pad(
         self, samples: Sequence[EncodedSample], side: str = "right", pad_to: int | None = None

@@ -78,7 +78,13 @@ class RadFMLitModule(L.LightningModule):
         self._t0: float | None = None
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        return self.model(batch["input_ids"], batch["attention_mask"], batch.get("images") or None,
+        images = batch.get("images") or None
+        if images is not None and batch.get("image_blocks") is not None:
+            # Inline packs repeat an image in every turn: encode each image once, index per block.
+            features = self.model.encode_images(images)[batch["image_blocks"]]
+            return self.model(batch["input_ids"], batch["attention_mask"], image_features=features,
+                              segment_ids=batch.get("segment_ids"))
+        return self.model(batch["input_ids"], batch["attention_mask"], images,
                           segment_ids=batch.get("segment_ids"))
 
     def label_loss(self, features: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor | None:
@@ -111,7 +117,9 @@ class RadFMLitModule(L.LightningModule):
         aux: torch.Tensor | None = None
         if self.label_head is not None and images is not None and "label_names" in batch:
             features = self.model.encode_images(images)  # encoded once, for the head and the LM
-            logits = self.model(batch["input_ids"], batch["attention_mask"], image_features=features,
+            blocks = batch.get("image_blocks")
+            logits = self.model(batch["input_ids"], batch["attention_mask"],
+                                image_features=features if blocks is None else features[blocks],
                                 segment_ids=batch.get("segment_ids"))["logits"]
             aux = self.label_loss(features, batch)
         else:

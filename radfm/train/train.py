@@ -39,7 +39,8 @@ def build_data_config(cfg: DictConfig) -> DataConfig:
                       on_error=d.on_error, max_length=d.max_length, prevalidate=d.prevalidate,
                       transform=transform, balance=d.get("balance"),
                       pack_questions=bool(d.get("pack_questions", False)),
-                      label_source=str(d.get("label_source", "labels")))
+                      label_source=str(d.get("label_source", "labels")),
+                      pack_layout=str(d.get("pack_layout", "inline")))
 
 
 def prepare_tokenizer(model_cfg: RadFMConfig, manifest: str | Path, out_dir: Path) -> RadFMTokenizer:

@@ -108,20 +108,27 @@ def test_raise_names_sample_file_and_reason(synth_root, tokenizer, tmp_path):
     assert info.value.sample_id and info.value.reason
 
 
-def test_packed_questions_cover_every_train_row_once(synth_root, tokenizer, tmp_path, tiny_model_for):
-    """pack_questions: one item per train image holding all its questions; no row dropped or repeated;
-    the loader carries segment_ids and the model trains on them; val/test stay one row per item."""
+@pytest.mark.parametrize("layout", ["shared", "inline"])
+def test_packed_questions_cover_every_train_row_once(synth_root, tokenizer, tmp_path, tiny_model_for, layout):
+    """pack_questions: items holding the questions about one image; no row dropped or repeated; the loader
+    carries segment_ids (and, inline, image_blocks) and the model trains on them; val/test stay one row each."""
     from radfm.data.datamodule import PACKED_TASK, pack_samples
 
-    dm = make_dm(synth_root, tokenizer, tmp_path, pack_questions=True, max_length=512)
+    dm = make_dm(synth_root, tokenizer, tmp_path, pack_questions=True, max_length=512, pack_layout=layout)
     train = dm.splits["train"]
-    packs = pack_samples(train, tokenizer, 512)
+    packs = pack_samples(train, tokenizer, 512, layout)
     assert sorted(i for p in packs for i in p) == list(range(len(train)))
     for p in packs:
         assert len({tuple(ref.path for ref in train[i].images) for i in p}) == 1
-    assert len(packs) == len({tuple(ref.path for ref in s.images) for s in train})  # all fit in 512 tokens
+    n_image_sets = len({tuple(ref.path for ref in s.images) for s in train})
+    if layout == "shared":
+        assert len(packs) == n_image_sets  # all of an image's questions fit in 512 tokens
+    else:
+        assert len(packs) >= n_image_sets
+        # Every inline turn repeats its image block, so a budget fits fewer turns than the shared layout.
+        assert len(pack_samples(train, tokenizer, 300, "inline")) > len(pack_samples(train, tokenizer, 300, "shared"))
     # A tight budget cuts an image's questions into several packs, still covering every row once.
-    tight = pack_samples(train, tokenizer, 160)
+    tight = pack_samples(train, tokenizer, 160, layout)
     assert len(tight) > len(packs) and sorted(i for p in tight for i in p) == list(range(len(train)))
     loader = dm.train_dataloader()
     assert len(loader.dataset) == len(packs)
@@ -131,11 +138,16 @@ def test_packed_questions_cover_every_train_row_once(synth_root, tokenizer, tmp_
         seg = batch["segment_ids"]
         assert set(batch["tasks"]) == {PACKED_TASK} and seg.shape == batch["input_ids"].shape
         assert ((seg == -1) == (batch["attention_mask"] == 0)).all()
-        assert int((batch["input_ids"] == tokenizer.image_patch_id).sum()) == 32 * len(batch["images"])
+        blocks = batch["image_blocks"]
+        assert len(batch["images"]) == len(batch["ids"])  # one image per MedMD-synth row, loaded once
+        assert int((batch["input_ids"] == tokenizer.image_patch_id).sum()) == 32 * len(blocks)
         n_answers += int((batch["input_ids"] == tokenizer.eos_id).logical_and(seg > 0).sum())
+        if layout == "inline":
+            assert len(blocks) == int((batch["input_ids"] == tokenizer.eos_id).logical_and(seg > 0).sum())
         if k == 0:
-            out = model(batch["input_ids"], batch["attention_mask"], batch["images"], batch["labels"],
-                        segment_ids=seg)
+            feats = model.encode_images(batch["images"])[blocks]
+            out = model(batch["input_ids"], batch["attention_mask"], labels=batch["labels"],
+                        image_features=feats, segment_ids=seg)
             assert torch.isfinite(out["loss"])
     assert n_answers == len(train)  # every turn ends in its own EOS
     assert "segment_ids" not in next(iter(dm.val_dataloader()))

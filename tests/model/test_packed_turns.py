@@ -62,3 +62,37 @@ def test_unpacked_rows_in_a_packed_batch_are_plain_causal(tiny_tokenizer):
         tok.format_turns([("Is there a nodule?", "Yes, a left nodule.")] * 8, 1, max_length=40)
     with pytest.raises(ValueError, match="at least one"):
         tok.format_turns([], 1)
+
+
+def test_inline_packed_turns_equal_separate_samples_wherever_the_image_sits(tiny_model, tiny_tokenizer):
+    """Inline layout: each turn has its own image block (start or end); one encoding serves them all via
+    ``image_blocks``; answer logits equal the unpacked samples'."""
+    from radfm.data.datamodule import Collator
+
+    tok, model = tiny_tokenizer, tiny_model.eval()
+    torch.manual_seed(2)
+    image = torch.randn(3, 64, 64, 4)
+    turns = [("Is there a nodule?", "Yes, a left nodule."), ("Which side?", "left"), ("Is it large?", "No.")]
+    positions = [["end"], ["start"], ["end"]]
+    packed = tok.format_turns(turns, n_images=1, positions=positions)
+    assert packed.image_order == [0, 0, 0] and packed.segments[:1] == [0]  # prefix: BOS only
+    batch = Collator(tok)([{"id": "p", "task": "packed", "encoded": packed, "images": [image],
+                            "image_blocks": packed.image_order}])
+    assert len(batch["images"]) == 1 and batch["image_blocks"].tolist() == [0, 0, 0]
+    singles = [tok.format_prompt(q, a, pos) for (q, a), pos in zip(turns, positions, strict=True)]
+    with torch.no_grad():
+        feats = model.encode_images(batch["images"])[batch["image_blocks"]]
+        out = model(batch["input_ids"], batch["attention_mask"], labels=batch["labels"], image_features=feats,
+                    segment_ids=batch["segment_ids"])
+        sb = tok.pad(singles)
+        ref = model(sb["input_ids"], sb["attention_mask"], [image] * len(turns), sb["labels"])
+    seg = batch["segment_ids"][0]
+    for k, single in enumerate(singles, start=1):
+        pack_pos = [i for i in range(len(seg)) if seg[i] == k and batch["labels"][0, i] != -100]
+        single_pos = [i for i, lab in enumerate(single.labels) if lab != -100]
+        assert len(pack_pos) == len(single_pos) > 0
+        torch.testing.assert_close(out["logits"][0, [p - 1 for p in pack_pos]],
+                                   ref["logits"][k - 1, [p - 1 for p in single_pos]], atol=1e-4, rtol=1e-4)
+    assert out["loss"] == pytest.approx(float(ref["loss"]), rel=1e-4)
+    with pytest.raises(ValueError, match="position lists"):
+        tok.format_turns(turns, n_images=1, positions=positions[:2])
