@@ -13,6 +13,17 @@ def _per_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits[:, :-1].transpose(1, 2), labels[:, 1:], ignore_index=-100, reduction="none")
 
 
+def _assert_turns_match(batch, logits, singles, single_logits) -> None:
+    """The answer-token logits of turn k in the (one-row) pack equal those of the k-th single sample."""
+    seg = batch["segment_ids"][0]
+    for k, single in enumerate(singles, start=1):
+        pack_pos = [i for i in range(len(seg)) if seg[i] == k and batch["labels"][0, i] != -100]
+        single_pos = [i for i, lab in enumerate(single.labels) if lab != -100]
+        assert len(pack_pos) == len(single_pos) > 0
+        torch.testing.assert_close(logits[0, [p - 1 for p in pack_pos]],
+                                   single_logits[k - 1, [p - 1 for p in single_pos]], atol=1e-4, rtol=1e-4)
+
+
 def test_packed_turns_equal_separate_samples(tiny_model, tiny_tokenizer):
     """Logits of every answer token (and so the loss) match the unpacked samples, to float tolerance."""
     tok, model = tiny_tokenizer, tiny_model.eval()
@@ -28,15 +39,7 @@ def test_packed_turns_equal_separate_samples(tiny_model, tiny_tokenizer):
         singles = [tok.format_prompt(q, a, ["start"]) for q, a in turns]
         sb = tok.pad(singles)
         ref = model(sb["input_ids"], sb["attention_mask"], [image] * len(turns), sb["labels"])
-    seg = batch["segment_ids"][0]
-    for k, single in enumerate(singles, start=1):
-        # The answer-token logits of turn k in the pack equal those of the k-th single sample.
-        pack_pos = [i for i in range(len(seg)) if seg[i] == k and batch["labels"][0, i] != -100]
-        single_pos = [i for i, lab in enumerate(single.labels) if lab != -100]
-        assert len(pack_pos) == len(single_pos) > 0
-        got = out["logits"][0, [p - 1 for p in pack_pos]]
-        want = ref["logits"][k - 1, [p - 1 for p in single_pos]]
-        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    _assert_turns_match(batch, out["logits"], singles, ref["logits"])
     # The same answer tokens are counted: the packed loss is the token mean over all turns' answers.
     n_answer = sum(sum(lab != -100 for lab in s.labels) for s in singles)
     assert int((batch["labels"] != -100).sum()) == n_answer
@@ -86,13 +89,7 @@ def test_inline_packed_turns_equal_separate_samples_wherever_the_image_sits(tiny
                     segment_ids=batch["segment_ids"])
         sb = tok.pad(singles)
         ref = model(sb["input_ids"], sb["attention_mask"], [image] * len(turns), sb["labels"])
-    seg = batch["segment_ids"][0]
-    for k, single in enumerate(singles, start=1):
-        pack_pos = [i for i in range(len(seg)) if seg[i] == k and batch["labels"][0, i] != -100]
-        single_pos = [i for i, lab in enumerate(single.labels) if lab != -100]
-        assert len(pack_pos) == len(single_pos) > 0
-        torch.testing.assert_close(out["logits"][0, [p - 1 for p in pack_pos]],
-                                   ref["logits"][k - 1, [p - 1 for p in single_pos]], atol=1e-4, rtol=1e-4)
+    _assert_turns_match(batch, out["logits"], singles, ref["logits"])
     assert out["loss"] == pytest.approx(float(ref["loss"]), rel=1e-4)
     with pytest.raises(ValueError, match="position lists"):
         tok.format_turns(turns, n_images=1, positions=positions[:2])
