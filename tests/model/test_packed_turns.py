@@ -93,3 +93,18 @@ def test_inline_packed_turns_equal_separate_samples_wherever_the_image_sits(tiny
     assert out["loss"] == pytest.approx(float(ref["loss"]), rel=1e-4)
     with pytest.raises(ValueError, match="position lists"):
         tok.format_turns(turns, n_images=1, positions=positions[:2])
+
+
+def test_per_block_features_equal_indexing_with_summed_gradients():
+    """The module's one-hot gather gives features[blocks] and sums a repeated image's gradients."""
+    from radfm.train.module import per_block
+
+    torch.manual_seed(3)
+    features = torch.randn(3, 4, 8, requires_grad=True)
+    blocks = torch.tensor([2, 0, 2, 2, 1])
+    out = per_block(features, blocks)
+    torch.testing.assert_close(out, features[blocks])
+    weights = torch.randn_like(out)
+    (out * weights).sum().backward()
+    want = torch.zeros_like(features).index_add(0, blocks, weights)
+    torch.testing.assert_close(features.grad, want)
