@@ -77,14 +77,23 @@ class RadFMLitModule(L.LightningModule):
                            if self.label_names else None)
         self._t0: float | None = None
 
-    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def image_features(self, batch: dict[str, Any]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(features, block features): ``N×K×hidden`` tokens of the batch's N images, ``B×K×hidden`` of its B blocks.
+
+        Inline packs repeat an image in every turn (``batch["image_blocks"]``): each image is encoded once
+        and its tokens are gathered per block. Otherwise blocks and images are the same list. (None, None)
+        without images.
+        """
         images = batch.get("images") or None
-        if images is not None and batch.get("image_blocks") is not None:
-            # Inline packs repeat an image in every turn: encode each image once, index per block.
-            features = per_block(self.model.encode_images(images), batch["image_blocks"])
-            return self.model(batch["input_ids"], batch["attention_mask"], image_features=features,
-                              segment_ids=batch.get("segment_ids"))
-        return self.model(batch["input_ids"], batch["attention_mask"], images,
+        if images is None:
+            return None, None
+        features = self.model.encode_images(images)
+        blocks = batch.get("image_blocks")
+        return features, features if blocks is None else per_block(features, blocks)
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        _, blocks = self.image_features(batch)
+        return self.model(batch["input_ids"], batch["attention_mask"], image_features=blocks,
                           segment_ids=batch.get("segment_ids"))
 
     def label_loss(self, features: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor | None:
@@ -113,17 +122,11 @@ class RadFMLitModule(L.LightningModule):
         return F.binary_cross_entropy_with_logits(logits, torch.stack(targets).float())
 
     def _step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
-        images = batch.get("images") or None
-        aux: torch.Tensor | None = None
-        if self.label_head is not None and images is not None and "label_names" in batch:
-            features = self.model.encode_images(images)  # encoded once, for the head and the LM
-            blocks = batch.get("image_blocks")
-            logits = self.model(batch["input_ids"], batch["attention_mask"],
-                                image_features=features if blocks is None else per_block(features, blocks),
-                                segment_ids=batch.get("segment_ids"))["logits"]
-            aux = self.label_loss(features, batch)
-        else:
-            logits = self.forward(batch)["logits"]
+        features, blocks = self.image_features(batch)  # encoded once, for the LM and the label head
+        logits = self.model(batch["input_ids"], batch["attention_mask"], image_features=blocks,
+                            segment_ids=batch.get("segment_ids"))["logits"]
+        aux = (self.label_loss(features, batch)
+               if self.label_head is not None and features is not None and "label_names" in batch else None)
         labels = batch["labels"]
         target = labels[:, 1:]
         per_token = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), target,
