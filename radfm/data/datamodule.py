@@ -62,6 +62,11 @@ class RadFMDataset(Dataset):
                                      train=self.train, rng=np_rng))
         return images
 
+    def _image_positions(self, sample: Sample, rng: random.Random | None) -> list[Any]:
+        """Where each image block goes: training re-draws start/end (RadFM); other positions are kept."""
+        return [prompts.image_position(rng, ref.position if not (self.train and ref.position in ("start", "end"))
+                                       else None) for ref in sample.images]
+
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         i, epoch = key if isinstance(key, tuple) else (key, self.epoch)
         # A per-(seed, epoch, index) RNG keeps augmentation and prompts reproducible across workers.
@@ -70,9 +75,7 @@ class RadFMDataset(Dataset):
             return self._packed_item(self.packs[i], rng)
         sample = self.samples[i]
         question = prompts.training_question(sample.question, sample.meta, rng) if rng else sample.question
-        positions = [prompts.image_position(rng, ref.position if not (self.train and ref.position in
-                                                                     ("start", "end")) else None)
-                     for ref in sample.images]
+        positions = self._image_positions(sample, rng)
         try:
             enc = self.tokenizer.format_prompt(question, sample.answer, positions, max_length=self.max_length)
         except ValueError as exc:
@@ -94,9 +97,7 @@ class RadFMDataset(Dataset):
                  for s in members]
         positions = None
         if self.pack_layout == "inline":
-            positions = [[prompts.image_position(rng, ref.position if not (self.train and ref.position in
-                                                                          ("start", "end")) else None)
-                          for ref in s.images] for s in members]
+            positions = [self._image_positions(s, rng) for s in members]
         n = len(first.images)
         try:
             enc = self.tokenizer.format_turns(turns, n, max_length=self.max_length, positions=positions)
