@@ -255,7 +255,11 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:  # a fresh run: an explicit ckpt_path (or a one-process run's last.ckpt) if given
-        trainer.fit(module, datamodule=dm, ckpt_path=tr.resolve_ckpt_path(cfg, run_dir))
+        ckpt_path = tr.resolve_ckpt_path(cfg, run_dir)
+        # Each rank warms up on its own shard; DDP then broadcasts rank 0's weights when it wraps the module.
+        dm.setup()
+        tr.warm_up(cfg, module, dm, resuming=ckpt_path is not None)
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
         return
     with checkpoint.as_directory() as ckpt_dir:
         trainer.fit(module, datamodule=dm, ckpt_path=str(Path(ckpt_dir) / CKPT_NAME))

@@ -95,6 +95,22 @@ def build_module(cfg: DictConfig, model_cfg: RadFMConfig, tokenizer: RadFMTokeni
                           label_names=names, label_head_weight=head_weight)
 
 
+def warm_up(cfg: DictConfig, module: RadFMLitModule, dm: RadFMDataModule, resuming: bool) -> dict[str, float]:
+    """The optional vision warm-up (``cfg.vision_warmup``) of a fresh run; a resumed run has its weights."""
+    from radfm.train.warmup import warm_up_vision
+
+    wcfg = cfg.get("vision_warmup") or {}
+    steps = int(wcfg.get("steps", 0))
+    if steps <= 0 or resuming:
+        return {}
+    stats = warm_up_vision(module, dm.train_dataloader(), steps, float(wcfg.get("lr", 1e-3)),
+                           weight_decay=float(cfg.optim.get("weight_decay", 0.01)),
+                           head_lr=float(wcfg["head_lr"]) if wcfg.get("head_lr") else None)
+    log.info("vision warm-up: %d steps in %.1f s, label loss %.4f -> %.4f", int(stats["steps"]),
+             stats["seconds"], stats["first_loss"], stats["last_loss"])
+    return {f"warmup/{k}": v for k, v in stats.items()}
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train one model as ``cfg`` says and return its final metrics (floats)."""
     configure_caches()
@@ -125,8 +141,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
                         enable_model_summary=False)
     tracker.log_start(cfg, module, dm, manifest)
     ckpt_path = resolve_ckpt_path(cfg, run_dir)
+    warm = warm_up(cfg, module, dm, resuming=ckpt_path is not None)
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+    metrics.update(warm)
     export_model = merged_for_export(module.model)
     model_dir = save_pretrained(export_model, tokenizer, run_dir / "model",
                                 extra={"data_version": tracker.data_version,

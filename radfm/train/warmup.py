@@ -1,0 +1,80 @@
+"""Vision warm-up: label-head-only steps on the vision side before the joint fit.
+
+Why: on the CPU the LM costs ~5× the vision tower per step (bench/model_step.py), and through the answer
+loss alone the tiny ViT learns lesions slowly or not at all (BENCHMARKS.md, "Main job"). A few hundred steps
+that run only the vision side (ViT → resampler → projection) and the training-only label head teach the image
+tokens what the questions will ask, at a fraction of a joint step's cost; the joint fit then mostly has to
+teach the LM to read them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def warm_up_vision(module: Any, batches: Iterable[dict[str, Any]], steps: int, lr: float,
+                   weight_decay: float = 0.01, clip: float = 1.0, head_lr: float | None = None) -> dict[str, float]:
+    """Train ``module.model.vision`` and ``module.label_head`` on the label loss alone for ``steps`` steps.
+
+    ``module`` is a :class:`radfm.train.module.RadFMLitModule` with a label head; ``batches`` an iterable of
+    training batches (the train loader; passed over again, with ``set_epoch``, when shorter than ``steps``). The LM is not run and its
+    weights do not change. AdamW at ``lr`` (the head at ``head_lr``, default ``lr``) with a linear decay to 0.1 × ``lr``; its state is dropped after
+    (the joint fit starts its own optimizer). Returns the first and last label loss and the seconds spent.
+    """
+    if steps <= 0:
+        return {"steps": 0.0, "seconds": 0.0}
+    if module.label_head is None:
+        raise ValueError("vision_warmup.steps > 0 needs the label head: set label_head_weight > 0 (and a "
+                         "data.label_source whose rows carry labels)")
+    params = [p for p in module.model.vision.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("vision_warmup.steps > 0 but the vision side is frozen (freeze=vision): nothing to warm up")
+    head = list(module.label_head.parameters())
+    opt = torch.optim.AdamW([{"params": params, "lr": lr}, {"params": head, "lr": head_lr or lr}],
+                            weight_decay=weight_decay, betas=(0.9, 0.95))
+    params = params + head
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0 - 0.9 * i / max(1, steps - 1))
+    was_training = module.training
+    module.train()
+    t0 = time.perf_counter()
+    first = last = float("nan")
+    done = 0
+    epoch = 0
+    while done < steps:
+        sampler = getattr(batches, "batch_sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)  # a new shuffle each pass, as the fit loop would do
+        seen = 0
+        for batch in batches:
+            if done >= steps:
+                break
+            seen += 1
+            features, _ = module.image_features(batch)
+            loss = module.label_loss(features, batch) if features is not None else None
+            if loss is None:  # a batch with no labelled image row teaches the head nothing
+                continue
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, clip)
+            opt.step()
+            sched.step()
+            last = float(loss.detach())
+            first = last if done == 0 else first
+            done += 1
+            if done % 50 == 0 or done == steps:
+                log.info("vision warm-up step %d/%d: label loss %.4f", done, steps, last)
+        if seen == 0:
+            raise ValueError("vision warm-up: the training loader yielded no batch")
+        if done == 0:
+            raise ValueError("vision warm-up: no training row carries labels for the head (label_names)")
+        epoch += 1
+    opt.zero_grad(set_to_none=True)
+    module.train(was_training)
+    return {"steps": float(done), "first_loss": first, "last_loss": last, "seconds": time.perf_counter() - t0}
