@@ -35,7 +35,7 @@ def warm_up_vision(module: Any, batches: Iterable[dict[str, Any]], steps: int, l
                          "data.label_source whose rows carry labels)")
     params = [p for p in module.model.vision.parameters() if p.requires_grad]
     if not params:
-        raise ValueError("vision_warmup.steps > 0 but the vision side is frozen (freeze=vision): nothing to warm up")
+        raise ValueError("vision_warmup.steps > 0 but no vision-side parameter is trainable (frozen): nothing to warm up")
     head = list(module.label_head.parameters())
     opt = torch.optim.AdamW([{"params": params, "lr": lr}, {"params": head, "lr": head_lr or lr}],
                             weight_decay=weight_decay, betas=(0.9, 0.95))
