@@ -97,6 +97,21 @@ TEMPLATES: dict[str, list[str]] = {
         "Point out where the {finding} is.",
         "Tell me where the {finding} lies.",
     ],
+    # The open location question asks for side and zone ("left upper"); the closed one (above) for the side
+    # alone. With one template family for both, the same question had two answers and the model learned to
+    # give the side only, so every open answer was wrong (BENCHMARKS.md, "Main job").
+    "location_open": [
+        "Where is the {finding}: which side and which zone?",
+        "Give the side and zone of the {finding}.",
+        "In which side and zone is the {finding}?",
+        "Describe the location of the {finding} by side and zone.",
+        "Which side and which zone show the {finding}?",
+        "Locate the {finding} by side and zone.",
+        "State the side and zone of the {finding}.",
+        "Name the side and zone where the {finding} lies.",
+        "Side and zone of the {finding}?",
+        "Tell me the side and zone of the {finding}.",
+    ],
     "size": [
         "How large is the {finding}?",
         "What is the size of the {finding}: small, medium or large?",

@@ -185,7 +185,7 @@ def _rows(scene: Scene, split: str, rel_path: str, cfg: SynthConfig, rng: random
         if rng.random() < 0.5:
             add("location", les.side, {"finding": les.type}, CHOICES["location"], finding=les.type)
         else:  # open: side and region, e.g. "right upper"
-            add("location_open", f"{les.side} {les.region}", {"finding": les.type}, template="location",
+            add("location_open", f"{les.side} {les.region}", {"finding": les.type}, template="location_open",
                 finding=les.type)
     if scene.lesions and wanted("size"):
         les = rng.choice(scene.lesions)

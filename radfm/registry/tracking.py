@@ -140,6 +140,16 @@ class RunTracker:
         mlflow.log_metrics({"params_total": counts["total"], "params_trainable": counts["trainable"],
                             "data_quarantined": len(datamodule.quarantine)})
 
+    def fail(self) -> None:
+        """End this run as FAILED (training raised): the next run in the process must not nest under it."""
+        if not self.enabled:
+            return
+        import mlflow
+
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id == self.run_id:
+            mlflow.end_run(status="FAILED")
+
     def log_end(self, metrics: dict[str, float], model_dir: Path, callbacks: list[Any]) -> None:
         if not self.enabled:
             return

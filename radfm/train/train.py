@@ -95,14 +95,25 @@ def build_module(cfg: DictConfig, model_cfg: RadFMConfig, tokenizer: RadFMTokeni
                           label_names=names, label_head_weight=head_weight)
 
 
+def check_warm_up(cfg: DictConfig, module: RadFMLitModule) -> int:
+    """The warm-up steps ``cfg.vision_warmup`` asks for; a config that cannot warm up fails here, before a run starts."""
+    steps = int((cfg.get("vision_warmup") or {}).get("steps", 0))
+    if steps > 0 and module.label_head is None:
+        raise ValueError("vision_warmup.steps > 0 needs the label head: set label_head_weight > 0 (and a "
+                         "data.label_source whose rows carry labels)")
+    return steps
+
+
 def warm_up(cfg: DictConfig, module: RadFMLitModule, dm: RadFMDataModule, resuming: bool) -> dict[str, float]:
     """The optional vision warm-up (``cfg.vision_warmup``) of a fresh run; a resumed run has its weights."""
     from radfm.train.warmup import warm_up_vision
 
     wcfg = cfg.get("vision_warmup") or {}
-    steps = int(wcfg.get("steps", 0))
+    steps = check_warm_up(cfg, module)
     if steps <= 0 or resuming:
         return {}
+    if cfg.trainer.get("fast_dev_run"):
+        steps = 1  # a smoke run checks that the warm-up works, as Lightning runs one batch of the fit
     stats = warm_up_vision(module, dm.train_dataloader(), steps, float(wcfg.get("lr", 1e-3)),
                            weight_decay=float(cfg.optim.get("weight_decay", 0.01)),
                            head_lr=float(wcfg["head_lr"]) if wcfg.get("head_lr") else None)
@@ -132,6 +143,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.trainer.get("compile"):
         module.model = torch.compile(module.model)
 
+    check_warm_up(cfg, module)
     from radfm.registry.tracking import RunTracker
 
     tracker = RunTracker.from_cfg(cfg, run_dir)
@@ -141,8 +153,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
                         enable_model_summary=False)
     tracker.log_start(cfg, module, dm, manifest)
     ckpt_path = resolve_ckpt_path(cfg, run_dir)
-    warm = warm_up(cfg, module, dm, resuming=ckpt_path is not None)
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    try:
+        warm = warm_up(cfg, module, dm, resuming=ckpt_path is not None)
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    except BaseException:
+        tracker.fail()  # the MLflow run ends as FAILED, not left RUNNING and active in this process
+        raise
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
     metrics.update(warm)
     export_model = merged_for_export(module.model)

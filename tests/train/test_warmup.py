@@ -90,5 +90,31 @@ def test_training_with_a_warm_up_records_it(make_cfg):
     metrics = train(cfg)
     assert metrics["warmup/steps"] == 4.0 and metrics["warmup/seconds"] > 0
     assert metrics["global_step"] == cfg.trainer.max_steps
+    smoke = train(make_cfg("label_head_weight=1.0", "vision_warmup.steps=500", "trainer.fast_dev_run=true",
+                           "logger=none"))
+    assert smoke["warmup/steps"] == 1.0  # a fast_dev_run checks the warm-up with one step, not 500
+    import mlflow
+
     with pytest.raises(ValueError, match="needs the label head"):
         train(make_cfg("vision_warmup.steps=2"))
+    assert mlflow.active_run() is None  # refused before any MLflow run started
+
+
+def test_a_failing_warm_up_ends_the_run_as_failed(make_cfg, monkeypatch):
+    """Training that raises (here inside the warm-up) ends its MLflow run as FAILED, not left active."""
+    import mlflow
+
+    from radfm.train import warmup
+    from radfm.train.train import train
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(warmup, "warm_up_vision", broken)
+    cfg = make_cfg("label_head_weight=1.0", "vision_warmup.steps=2")
+    with pytest.raises(RuntimeError, match="disk full"):
+        train(cfg)
+    assert mlflow.active_run() is None
+    runs = mlflow.MlflowClient(tracking_uri=cfg.paths.mlflow_uri).search_runs(
+        [e.experiment_id for e in mlflow.MlflowClient(tracking_uri=cfg.paths.mlflow_uri).search_experiments()])
+    assert [r.info.status for r in runs] == ["FAILED"]
