@@ -1,6 +1,6 @@
 """The model demo: build the tiny preset, train it briefly on generated images, and answer questions.
 
-Until the full pipeline exists this is what ``make demo`` runs end to end. The images are simple
+``radfm demo --quick`` runs this (``make demo`` runs the whole pipeline flow). The images are simple
 phantoms (a disc of tissue, with or without a bright nodule) so that the answer is in the image and a
 few CPU minutes suffice to see the model learn it; held-out accuracy is printed beside chance.
 """
