@@ -141,8 +141,7 @@ def label_names(sample: Sample, source: str = "labels") -> list[str] | None:
         # Everything a question about the image asks: the study (modality, plane), the lesion count, and
         # per finding its size and full location ("nodule right upper"), so that the warm-up and the head
         # teach the image tokens every answer, not only which lesions are present.
-        names |= {f"modality {meta[k]}" if k == "modality" else f"plane {meta[k]}"
-                  for k in ("modality", "plane") if meta.get(k)}
+        names |= {f"{k} {meta[k]}" for k in ("modality", "plane") if meta.get(k)}
         names.add(f"count {len(findings)}")
         names |= {f"{f['type']} {f['size']}" for f in findings if f.get("size")}
         names |= {" ".join(str(f[k]) for k in ("type", "side", "region") if f.get(k)) for f in findings

@@ -97,10 +97,11 @@ def build_module(cfg: DictConfig, model_cfg: RadFMConfig, tokenizer: RadFMTokeni
 
 def check_warm_up(cfg: DictConfig, module: RadFMLitModule) -> int:
     """The warm-up steps ``cfg.vision_warmup`` asks for; a config that cannot warm up fails here, before a run starts."""
+    from radfm.train.warmup import require_head
+
     steps = int((cfg.get("vision_warmup") or {}).get("steps", 0))
-    if steps > 0 and module.label_head is None:
-        raise ValueError("vision_warmup.steps > 0 needs the label head: set label_head_weight > 0 (and a "
-                         "data.label_source whose rows carry labels)")
+    if steps > 0:
+        require_head(module)
     return steps
 
 

@@ -1,6 +1,6 @@
 """Vision warm-up: label-head-only steps on the vision side before the joint fit.
 
-Why: on the CPU the LM costs ~5× the vision tower per step (bench/model_step.py), and through the answer
+Why: on the CPU the LM costs ~5× the vision tower per step (BENCHMARKS.md, "Main job"), and through the answer
 loss alone the tiny ViT learns lesions slowly or not at all (BENCHMARKS.md, "Main job"). A few hundred steps
 that run only the vision side (ViT → resampler → projection) and the training-only label head teach the image
 tokens what the questions will ask, at a fraction of a joint step's cost; the joint fit then mostly has to
@@ -19,6 +19,13 @@ import torch
 log = logging.getLogger(__name__)
 
 
+def require_head(module: Any) -> None:
+    """The warm-up trains through the label head: refuse a module without one."""
+    if module.label_head is None:
+        raise ValueError("vision_warmup.steps > 0 needs the label head: set label_head_weight > 0 (and a "
+                         "data.label_source whose rows carry labels)")
+
+
 def warm_up_vision(module: Any, batches: Iterable[dict[str, Any]], steps: int, lr: float,
                    weight_decay: float = 0.01, clip: float = 1.0, head_lr: float | None = None) -> dict[str, float]:
     """Train ``module.model.vision`` and ``module.label_head`` on the label loss alone for ``steps`` steps.
@@ -30,9 +37,7 @@ def warm_up_vision(module: Any, batches: Iterable[dict[str, Any]], steps: int, l
     """
     if steps <= 0:
         return {"steps": 0.0, "seconds": 0.0}
-    if module.label_head is None:
-        raise ValueError("vision_warmup.steps > 0 needs the label head: set label_head_weight > 0 (and a "
-                         "data.label_source whose rows carry labels)")
+    require_head(module)
     params = [p for p in module.model.vision.parameters() if p.requires_grad]
     if not params:
         raise ValueError("vision_warmup.steps > 0 but no vision-side parameter is trainable (frozen): nothing to warm up")
@@ -66,7 +71,8 @@ def warm_up_vision(module: Any, batches: Iterable[dict[str, Any]], steps: int, l
             opt.step()
             sched.step()
             last = float(loss.detach())
-            first = last if done == 0 else first
+            if done == 0:
+                first = last
             done += 1
             if done % 50 == 0 or done == steps:
                 log.info("vision warm-up step %d/%d: label loss %.4f", done, steps, last)
