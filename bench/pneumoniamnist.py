@@ -20,8 +20,6 @@ Needs ``../shared/data/pneumoniamnist.npz`` (or ``RADFM_MEDMNIST_NPZ``); the man
 from __future__ import annotations
 
 import argparse
-import contextlib
-import dataclasses
 import datetime as _dt
 import json
 import os
@@ -29,7 +27,6 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,30 +49,6 @@ def compose_cfg(seed: int, overrides: list[str]) -> Any:
         return compose(config_name="train", overrides=["experiment=pneumoniamnist", f"seed={seed}", *overrides])
 
 
-@contextlib.contextmanager
-def forwarding_balance() -> Iterator[None]:
-    """Make ``train(cfg)`` honour ``data.balance`` while the block runs.
-
-    ``radfm.train.train.build_data_config`` lists the DataConfig fields it copies from ``cfg.data`` and does
-    not yet copy ``balance`` (a one-line change requested there). Until it does, this wraps it so the benchmark
-    trains with the balanced batches its config asks for; once it does, this is a no-op.
-    """
-    import radfm.train.train as T
-
-    original = T.build_data_config
-
-    def build(cfg: Any) -> Any:
-        data_cfg = original(cfg)
-        wanted = cfg.data.get("balance")
-        return data_cfg if data_cfg.balance == wanted else dataclasses.replace(data_cfg, balance=wanted)
-
-    T.build_data_config = build
-    try:
-        yield
-    finally:
-        T.build_data_config = original
-
-
 def run_seed(seed: int, overrides: list[str], tta: int = 1) -> dict[str, Any]:
     from radfm.data.cache import TensorCache
     from radfm.eval.binary import evaluate_model_dir
@@ -88,8 +61,7 @@ def run_seed(seed: int, overrides: list[str], tta: int = 1) -> dict[str, Any]:
     cfg = compose_cfg(seed, ["task_name=pneumoniamnist", f"run_name=pneumoniamnist-seed{seed}", *overrides])
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
-    with forwarding_balance():
-        train_metrics = train(cfg)
+    train_metrics = train(cfg)
     t_train = time.perf_counter() - t0
     run_dir = run_dir_of(cfg)
     data_cfg = build_data_config(cfg)

@@ -55,6 +55,7 @@ def trained(slice_npz, tmp_path_factory):
             "experiment=pneumoniamnist", "seed=0", "run_name=pneumo-test", f"paths.home={tmp}/home",
             f"paths.data_dir={tmp}/data", f"data.npz={slice_npz}", "data.batch_size_2d=8",
             "trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
+            "vision_warmup.steps=3",
             "callbacks.checkpoint_every_n_steps=4"])
     metrics = train(cfg)
     return cfg, metrics, run_dir_of(cfg), build_data_config(cfg)
@@ -94,6 +95,8 @@ def test_scores_and_metrics_are_well_formed(trained):
 
     cfg, train_metrics, run_dir, data_cfg = trained
     assert train_metrics["global_step"] == 4 and math.isfinite(train_metrics["val/loss"])
+    # The experiment's vision warm-up ran first (its step count overridden down to 3 here).
+    assert train_metrics["warmup/steps"] == 3 and math.isfinite(train_metrics["warmup/last_loss"])
     metrics, scores = evaluate_model_dir(run_dir / "model", data_cfg.manifest, data_cfg.data_root,
                                          data_cfg.transform, batch_size=6,
                                          cache=TensorCache(Path(str(cfg.paths.cache_dir)) / "tensors"))

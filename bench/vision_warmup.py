@@ -1,0 +1,154 @@
+"""How far the vision side alone gets on PneumoniaMNIST (not a test): train the radfm vision side (ViT → resampler →
+projection) and the training-only label head with the vision warm-up alone (``radfm.train.warmup``; the LM never
+runs), then score the label head on the val and test splits, print a table and write JSON.
+
+    python bench/vision_warmup.py [--steps 2000] [--lr 5e-4] [--seed 0] [--cnn C] [OVERRIDE ...]
+
+Why: a vision step costs a fraction of a joint step, and in the PneumoniaMNIST experiment the LM's yes/no score
+follows the label head (their per-image scores correlate 0.98 on the test split, BENCHMARKS.md). So this measures
+cheaply what the image tokens can carry, before paying for the joint fit. ``--cnn C`` swaps the vision side for a
+plain CNN reference (3×3 conv blocks with C, 2C, 4C channels, two max-pools, 7×7 tokens → the LM width): not the
+radfm model, a yardstick in the same data pipeline, batches and head.
+
+The config is ``experiment=pneumoniamnist`` + ``label_head_weight=1.0`` + the overrides (e.g.
+``model.vision.stem_channels=16``); the score is the head's logit on the mean image token, single view and averaged
+over the 8 fixed views of ``radfm.eval.binary.TTA_VIEWS``; ACC at logit 0. Runs under ``RADFM_HOME``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def reference_cnn(channels: int, width: int) -> Any:
+    """A plain CNN with the vision side's interface: ``N×1×28×28×1`` images → ``N×49×width`` tokens."""
+    import torch
+    from torch import nn
+
+    def block(c_in: int, c_out: int) -> list[nn.Module]:
+        return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+
+    c = channels
+
+    class ReferenceCNN(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(*block(1, c), *block(c, c), nn.MaxPool2d(2), *block(c, 2 * c),
+                                     *block(2 * c, 2 * c), nn.MaxPool2d(2), *block(2 * c, 4 * c),
+                                     *block(4 * c, 4 * c))
+            self.proj = nn.Linear(4 * c, width)
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            feats = self.net(images[..., 0])  # N×4c×7×7 (depth 1 dropped)
+            return self.proj(feats.flatten(2).transpose(1, 2))
+
+    return ReferenceCNN()
+
+
+def head_scores(module: Any, images: list[Any], views: int) -> Any:
+    """The label head's logit for each image, averaged over the first ``views`` of TTA_VIEWS."""
+    import numpy as np
+    import torch
+
+    from radfm.eval.binary import TTA_VIEWS, view_image
+
+    total = np.zeros(len(images))
+    with torch.no_grad():
+        for view in TTA_VIEWS[:views]:
+            for i in range(0, len(images), 128):
+                batch = torch.stack([view_image(x, view) for x in images[i:i + 128]])
+                tokens = module.model.vision(batch)  # N×K×hidden
+                total[i:i + len(batch)] += module.label_head(tokens.mean(dim=1))[:, 0].numpy()
+    return total / views
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--lr", type=float, default=5e-4, help="the vision side's rate (the head learns at 1e-3)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cnn", type=int, default=0, help="C > 0: the plain reference CNN instead of the vision side")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", default=None, help="default: bench/results/vision_warmup-<name>.json")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args(argv)
+
+    import dataclasses
+
+    import lightning as L
+    import numpy as np
+    import torch
+    from sklearn.metrics import roc_auc_score
+
+    import bench.pneumoniamnist as P
+    from radfm.data.cache import TensorCache
+    from radfm.data.datamodule import RadFMDataModule, RadFMDataset
+    from radfm.data.manifest import read_manifest
+    from radfm.eval.binary import binary_samples
+    from radfm.train import train as T
+    from radfm.train.warmup import warm_up_vision
+
+    torch.set_num_threads(args.threads)
+    cfg = P.compose_cfg(args.seed, ["label_head_weight=1.0", *args.overrides])
+    T.configure_caches()
+    L.seed_everything(args.seed)
+    manifest = T.ensure_dataset(cfg.data)
+    model_cfg = T.build_model_config(cfg)
+    tokenizer = T.prepare_tokenizer(model_cfg, manifest, Path(str(cfg.paths.runs_dir)) / "vision-warmup")
+    data_cfg = dataclasses.replace(T.build_data_config(cfg), prevalidate=False)
+    cache = TensorCache(Path(str(cfg.paths.cache_dir)) / "tensors")
+    dm = RadFMDataModule(data_cfg, tokenizer, cache=cache)
+    dm.setup()
+    module = T.build_module(cfg, model_cfg, tokenizer)
+    if args.cnn:
+        module.model.vision = reference_cnn(args.cnn, model_cfg.lm.hidden_size)
+    n_params = sum(p.numel() for p in module.model.vision.parameters())
+    t0 = time.perf_counter()
+    stats = warm_up_vision(module, dm.train_dataloader(), args.steps, args.lr,
+                           weight_decay=float(cfg.optim.weight_decay), head_lr=1e-3)
+    train_s = time.perf_counter() - t0
+    module.eval()
+    rows = binary_samples(read_manifest(data_cfg.manifest))
+    result: dict[str, Any] = {}
+    for split in ("val", "test"):
+        samples = [s for s in rows if s.split == split]
+        ds = RadFMDataset(samples, data_cfg.data_root, tokenizer, data_cfg.transform, train=False, cache=cache)
+        y = np.array([int(s.answer == "yes") for s in samples])
+        images = [ds.load_images(s)[0] for s in samples]
+        for views in (1, 8):
+            h = head_scores(module, images, views)
+            result[f"{split}_auc_tta{views}"] = float(roc_auc_score(y, h))
+            result[f"{split}_acc_tta{views}"] = float(np.mean((h >= 0) == y))
+    name = f"cnn{args.cnn}" if args.cnn else "vit"
+    out = {"benchmark": "vision_warmup", "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+           "command": " ".join(["python bench/vision_warmup.py", f"--steps {args.steps}", f"--lr {args.lr}",
+                                f"--seed {args.seed}", f"--cnn {args.cnn}", *args.overrides]),
+           "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": args.threads},
+           "vision": name, "vision_params": n_params, "steps": args.steps, "train_s": train_s,
+           "first_loss": stats["first_loss"], "last_loss": stats["last_loss"], **result}
+    print(f"{'vision':>8} {'params':>8} {'steps':>6} {'train s':>8} | {'val AUC':>8} {'test AUC':>8} {'test ACC':>8}"
+          f" | {'TTA val':>8} {'TTA test':>8} {'TTA ACC':>8}")
+    print(f"{name:>8} {n_params:>8} {args.steps:>6} {train_s:>8.0f} | {result['val_auc_tta1']:>8.4f} "
+          f"{result['test_auc_tta1']:>8.4f} {result['test_acc_tta1']:>8.3f} | {result['val_auc_tta8']:>8.4f} "
+          f"{result['test_auc_tta8']:>8.4f} {result['test_acc_tta8']:>8.3f}")
+    path = Path(args.json or ROOT / "bench" / "results" / f"vision_warmup-{name}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2))
+    print(f"wrote {path}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
