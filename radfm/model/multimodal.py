@@ -121,6 +121,7 @@ class RadFMModel(nn.Module):
         loss_weights: torch.Tensor | None = None,
         image_features: torch.Tensor | None = None,
         segment_ids: torch.Tensor | None = None,
+        logits_at: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Return ``logits`` (B×T×V) and, with ``labels`` (B×T, -100 ignored), the answer-only ``loss``.
 
@@ -128,14 +129,29 @@ class RadFMModel(nn.Module):
         the weighted mean over answer tokens. ``image_features``: see :meth:`embed`. ``segment_ids``
         (B×T; 0 shared prefix, k ≥ 1 turn k, -1 padding; see ``RadFMTokenizer.format_turns``) replace the
         causal mask by :func:`packed_attention`'s, so packed turns do not see each other.
+
+        ``logits_at`` (B×T bool): run the LM head only at these M positions and return ``logits`` as M×V, in
+        row-major order (``logits_at.nonzero()``'s). Why: a loss or a likelihood needs the logits only where an
+        answer token is predicted — ~13% of a packed demo batch's positions — and the head (hidden × vocab)
+        and its backward over every other position cost ~25% of a training step (BENCHMARKS.md).
         """
+        if logits_at is not None and labels is not None:
+            raise ValueError("pass labels (B×T logits and their loss) or logits_at (M×V logits), not both")
         embeds = self.embed(input_ids, images, image_features)
         if segment_ids is not None:
-            mask4d, positions = packed_attention(segment_ids)
-            out = self.lm(inputs_embeds=embeds, attention_mask=mask4d, position_ids=positions, use_cache=False)
+            mask, positions = packed_attention(segment_ids)
         else:
-            out = self.lm(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False)
-        logits = out.logits
+            mask, positions = attention_mask, None
+        if logits_at is None:
+            logits = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                             use_cache=False).logits
+        else:
+            if logits_at.shape != input_ids.shape:
+                raise ValueError(f"logits_at must be B×T like input_ids {tuple(input_ids.shape)}, "
+                                 f"got {tuple(logits_at.shape)}")
+            hidden = self.lm.get_decoder()(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                                           use_cache=False).last_hidden_state  # B×T×hidden, final norm applied
+            logits = self.lm.get_output_embeddings()(hidden[logits_at])
         result = {"logits": logits}
         if labels is not None:
             result["loss"] = answer_loss(logits, labels, loss_weights)
@@ -229,12 +245,13 @@ class RadFMModel(nn.Module):
 
         ``image_features``: see :meth:`embed`.
         """
-        logits = self.forward(input_ids, attention_mask, images, image_features=image_features)["logits"][:, :-1]
         target = labels[:, 1:]
         mask = target != IGNORE_INDEX
-        # The softmax is taken only where a label is scored (the answer tokens), not over the whole prompt.
-        logp = torch.zeros(target.shape, dtype=torch.float32, device=logits.device)
-        picked = logits[mask].float()
+        # The head and the softmax run only where a label is scored (the answer tokens), not over the prompt:
+        # position t predicts token t + 1.
+        picked = self.forward(input_ids, attention_mask, images, image_features=image_features,
+                              logits_at=F.pad(mask, (0, 1)))["logits"].float()
+        logp = torch.zeros(target.shape, dtype=torch.float32, device=picked.device)
         logp[mask] = torch.log_softmax(picked, dim=-1).gather(-1, target[mask].unsqueeze(-1)).squeeze(-1)
         return logp.sum(-1)
 

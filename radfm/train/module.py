@@ -123,15 +123,17 @@ class RadFMLitModule(L.LightningModule):
 
     def _step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
         features, blocks = self.image_features(batch)  # encoded once, for the LM and the label head
-        logits = self.model(batch["input_ids"], batch["attention_mask"], image_features=blocks,
-                            segment_ids=batch.get("segment_ids"))["logits"]
-        aux = (self.label_loss(features, batch)
-               if self.label_head is not None and features is not None and "label_names" in batch else None)
         labels = batch["labels"]
         target = labels[:, 1:]
-        per_token = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), target,
-                                    ignore_index=IGNORE_INDEX, reduction="none")
-        mask = (target != IGNORE_INDEX).float()
+        scored = target != IGNORE_INDEX
+        # The LM head runs only where an answer token is predicted (position t predicts t + 1): M×V logits.
+        logits = self.model(batch["input_ids"], batch["attention_mask"], image_features=blocks,
+                            segment_ids=batch.get("segment_ids"), logits_at=F.pad(scored, (0, 1)))["logits"]
+        aux = (self.label_loss(features, batch)
+               if self.label_head is not None and features is not None and "label_names" in batch else None)
+        per_token = logits.new_zeros(target.shape, dtype=torch.float32)  # B×(T−1), 0 where nothing is scored
+        per_token[scored] = F.cross_entropy(logits.float(), target[scored], reduction="none")
+        mask = scored.float()
         weights = mask if self.weighter is None or stage != "train" else self.weighter(labels)[:, 1:]
         if self.loss_reduction == "sample":
             # Every answer counts once, whatever its length. With the token mean (RadFM's) a 60-token templated

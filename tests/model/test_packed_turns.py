@@ -108,3 +108,30 @@ def test_per_block_features_equal_indexing_with_summed_gradients():
     (out * weights).sum().backward()
     want = torch.zeros_like(features).index_add(0, blocks, weights)
     torch.testing.assert_close(features.grad, want)
+
+
+def test_logits_at_equal_the_full_logits_there(tiny_model, tiny_tokenizer):
+    """``logits_at`` runs the LM head only at the chosen positions: the same numbers, packed and plain, and a
+    gradient that reaches the LM; passing it with ``labels`` or in the wrong shape is an error."""
+    tok, model = tiny_tokenizer, tiny_model.eval()
+    torch.manual_seed(2)
+    image = torch.randn(3, 64, 64, 4)
+    packed = tok.pad([tok.format_turns([("Is there a nodule?", "Yes, a left nodule."), ("Which side?", "left")],
+                                       n_images=1)])
+    plain = tok.pad([tok.format_prompt("What modality is this?", "CT.", ["start"]),
+                     tok.format_prompt("And this?", "MRI of the head.", ["end"])])
+    for batch, images, seg in ((packed, [image], packed["segment_ids"]), (plain, [image, image], None)):
+        at = F.pad(batch["labels"][:, 1:] != -100, (0, 1))
+        with torch.no_grad():
+            full = model(batch["input_ids"], batch["attention_mask"], images, segment_ids=seg)["logits"]
+            picked = model(batch["input_ids"], batch["attention_mask"], images, segment_ids=seg,
+                           logits_at=at)["logits"]
+        assert picked.shape == (int(at.sum()), full.shape[-1])
+        torch.testing.assert_close(picked, full[at], atol=1e-5, rtol=1e-5)
+    model.zero_grad()
+    model(plain["input_ids"], plain["attention_mask"], [image, image], logits_at=at)["logits"].sum().backward()
+    assert model.lm.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="not both"):
+        model(plain["input_ids"], plain["attention_mask"], [image, image], plain["labels"], logits_at=at)
+    with pytest.raises(ValueError, match="B×T"):
+        model(plain["input_ids"], plain["attention_mask"], [image, image], logits_at=at[:, 1:])

@@ -104,3 +104,26 @@ def test_label_names_from_labels_or_findings():
     assert label_names(row(["mass"], {}), "findings") is None  # no structured findings: no target
     with pytest.raises(ValueError, match="label_source"):
         DataConfig(label_source="reports")
+
+
+def test_step_loss_equals_the_full_logits_loss(tiny_tokenizer):
+    """The training step computes logits only at answer positions; its loss (term weights on) equals the
+    weighted token-mean cross-entropy over the model's full B×T×V logits."""
+    from radfm.model.tokenizer import IGNORE_INDEX
+
+    module = RadFMLitModule(presets.tiny(), tiny_tokenizer, term_weight=3.0)
+    enc = [tiny_tokenizer.format_prompt("Is there a nodule?", "Yes, a small left nodule.", ["start"]),
+           tiny_tokenizer.format_prompt("Which side?", "left", ["end"])]
+    torch.manual_seed(3)
+    batch = Collator(tiny_tokenizer)([
+        {"id": "a", "task": "vqa", "encoded": enc[0], "images": [torch.randn(3, 64, 64, 4)], "label_names": None},
+        {"id": "b", "task": "vqa", "encoded": enc[1], "images": [torch.randn(3, 64, 64, 4)], "label_names": None},
+    ])
+    got = module._step(batch, "train")
+    logits = module.model(batch["input_ids"], batch["attention_mask"], batch["images"])["logits"]
+    target = batch["labels"][:, 1:]
+    per_token = F.cross_entropy(logits[:, :-1].transpose(1, 2), target, ignore_index=IGNORE_INDEX, reduction="none")
+    weights = module.weighter(batch["labels"])[:, 1:]
+    assert weights.max() > 1  # a clinical term is up-weighted, so the weighting is exercised
+    want = (per_token * weights).sum() / weights.sum()
+    assert float(got) == pytest.approx(float(want), rel=1e-5)
