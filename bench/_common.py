@@ -163,3 +163,14 @@ def fmt_table(headers: list[str], rows: list[list[str]]) -> str:
         return "  ".join(c.rjust(w) for c, w in zip(cells, widths))
 
     return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def write_json(path: str | Path, result: Mapping[str, Any]) -> Path:
+    """Write a benchmark's result as indented JSON (parents created), say where, and return the path."""
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, default=str))
+    print(f"wrote {path}")
+    return path

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as _dt
-import json
 import os
 import statistics
 import sys
@@ -29,6 +28,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from bench._common import write_json  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -114,10 +115,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                       f"--threads {args.threads}",
            "machine": machine_info(), "batch_shape": list(shape), "answer_fraction": answer_frac,
            "passes_s_per_step": passes, "best_s_per_step": best, "mean_loss": losses, "speedup": speedup}
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2, default=str))
-    print(f"wrote {path}")
+    write_json(args.json, out)
     return out
 
 

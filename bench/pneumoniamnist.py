@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import os
 import platform
 import statistics
@@ -33,6 +32,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from bench._common import write_json  # noqa: E402
 
 METRICS = ("auc", "acc@0.5", "acc@val_threshold")
 TTA = 8  # default views per image at scoring (--tta): all of TTA_VIEWS; val AUC 0.977 → 0.986 (seed 0)
@@ -137,10 +138,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     print()
     print(table(runs))
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"\nwrote {out}")
+    print()
+    write_json(args.json, result)
     return result
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import os
 import platform
 import sys
@@ -30,6 +29,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from bench._common import write_json  # noqa: E402
 
 
 def reference_cnn(channels: int, width: int) -> Any:
@@ -143,10 +144,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"{name:>8} {n_params:>8} {args.steps:>6} {train_s:>8.0f} | {result['val_auc_tta1']:>8.4f} "
           f"{result['test_auc_tta1']:>8.4f} {result['test_acc_tta1']:>8.3f} | {result['val_auc_tta8']:>8.4f} "
           f"{result['test_auc_tta8']:>8.4f} {result['test_acc_tta8']:>8.3f}")
-    path = Path(args.json or ROOT / "bench" / "results" / f"vision_warmup-{name}.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2))
-    print(f"wrote {path}")
+    write_json(args.json or ROOT / "bench" / "results" / f"vision_warmup-{name}.json", out)
     return out
 
 
