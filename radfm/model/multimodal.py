@@ -132,8 +132,9 @@ class RadFMModel(nn.Module):
 
         ``logits_at`` (B×T bool): run the LM head only at these M positions and return ``logits`` as M×V, in
         row-major order (``logits_at.nonzero()``'s). Why: a loss or a likelihood needs the logits only where an
-        answer token is predicted — ~13% of a packed demo batch's positions — and the head (hidden × vocab)
-        and its backward over every other position cost ~25% of a training step (BENCHMARKS.md).
+        answer token is predicted (~15% of a packed demo batch's positions), and the head (hidden × vocab) and
+        its backward over every other position cost ~22% of a demo training step (1.28× faster without them;
+        bench/answer_logits.py, BENCHMARKS.md). Under ``torch.compile`` the data-dependent M breaks the graph there.
         """
         if logits_at is not None and labels is not None:
             raise ValueError("pass labels (B×T logits and their loss) or logits_at (M×V logits), not both")
