@@ -174,3 +174,24 @@ def write_json(path: str | Path, result: Mapping[str, Any]) -> Path:
     path.write_text(json.dumps(result, indent=2, default=str))
     print(f"wrote {path}")
     return path
+
+
+def training_parts(cfg: Any, tokenizer_dir: str | Path) -> tuple[Any, Any, Any, Any]:
+    """What ``radfm.train.train.train`` builds before its fit, for a benchmark that drives the pieces itself:
+    ``(tokenizer, data_cfg, datamodule, module)``. The dataset is made if absent, the manifest check is
+    skipped (``prevalidate=False``: a benchmark measures, ``train`` validates), and the tensor cache is the
+    config's (``paths.cache_dir``/tensors), so images decoded by an earlier run are reused."""
+    import dataclasses
+
+    from radfm.data.cache import TensorCache
+    from radfm.data.datamodule import RadFMDataModule
+    from radfm.train import train as T
+
+    T.configure_caches()
+    manifest = T.ensure_dataset(cfg.data)
+    model_cfg = T.build_model_config(cfg)
+    tokenizer = T.prepare_tokenizer(model_cfg, manifest, Path(tokenizer_dir))
+    data_cfg = dataclasses.replace(T.build_data_config(cfg), prevalidate=False)
+    dm = RadFMDataModule(data_cfg, tokenizer, cache=TensorCache(Path(str(cfg.paths.cache_dir)) / "tensors"))
+    dm.setup()
+    return tokenizer, data_cfg, dm, T.build_module(cfg, model_cfg, tokenizer)

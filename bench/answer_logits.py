@@ -15,7 +15,6 @@ Runs under ``RADFM_HOME`` (default: a temporary folder).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as _dt
 import os
 import statistics
@@ -48,23 +47,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
 
-    from bench._common import machine_info
-    from radfm.data.cache import TensorCache
-    from radfm.data.datamodule import RadFMDataModule
+    from bench._common import machine_info, training_parts
     from radfm.model.tokenizer import IGNORE_INDEX
-    from radfm.train import train as T
     from radfm.train.compose import compose
 
     torch.set_num_threads(args.threads)
     cfg = compose(["experiment=demo_tiny", "logger=none", "run_name=answer-logits"])
-    T.configure_caches()
-    manifest = T.ensure_dataset(cfg.data)
-    model_cfg = T.build_model_config(cfg)
-    tokenizer = T.prepare_tokenizer(model_cfg, manifest, home / "answer-logits")
-    data_cfg = dataclasses.replace(T.build_data_config(cfg), prevalidate=False)
-    dm = RadFMDataModule(data_cfg, tokenizer, cache=TensorCache(home / "cache" / "tensors"))
-    dm.setup()
-    module = T.build_module(cfg, model_cfg, tokenizer)
+    _, _, dm, module = training_parts(cfg, home / "answer-logits")
     module.train()
     batches = list(itertools.islice(iter(dm.train_dataloader()), args.batches))
 

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench._common import write_json  # noqa: E402
+from bench._common import training_parts, write_json  # noqa: E402
 
 
 def reference_cnn(channels: int, width: int) -> Any:
@@ -86,35 +86,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
 
-    import dataclasses
-
     import lightning as L
     import numpy as np
     import torch
-    from sklearn.metrics import roc_auc_score
 
     import bench.pneumoniamnist as P
-    from radfm.data.cache import TensorCache
-    from radfm.data.datamodule import RadFMDataModule, RadFMDataset
+    from radfm.data.datamodule import RadFMDataset
     from radfm.data.manifest import read_manifest
     from radfm.eval.binary import binary_samples
-    from radfm.train import train as T
+    from radfm.eval.metrics import auc
     from radfm.train.warmup import warm_up_vision
 
     torch.set_num_threads(args.threads)
     cfg = P.compose_cfg(args.seed, ["label_head_weight=1.0", *args.overrides])
-    T.configure_caches()
     L.seed_everything(args.seed)
-    manifest = T.ensure_dataset(cfg.data)
-    model_cfg = T.build_model_config(cfg)
-    tokenizer = T.prepare_tokenizer(model_cfg, manifest, Path(str(cfg.paths.runs_dir)) / "vision-warmup")
-    data_cfg = dataclasses.replace(T.build_data_config(cfg), prevalidate=False)
-    cache = TensorCache(Path(str(cfg.paths.cache_dir)) / "tensors")
-    dm = RadFMDataModule(data_cfg, tokenizer, cache=cache)
-    dm.setup()
-    module = T.build_module(cfg, model_cfg, tokenizer)
+    tokenizer, data_cfg, dm, module = training_parts(cfg, Path(str(cfg.paths.runs_dir)) / "vision-warmup")
     if args.cnn:
-        module.model.vision = reference_cnn(args.cnn, model_cfg.lm.hidden_size)
+        module.model.vision = reference_cnn(args.cnn, int(cfg.model.lm.hidden_size))
     n_params = sum(p.numel() for p in module.model.vision.parameters())
     t0 = time.perf_counter()
     stats = warm_up_vision(module, dm.train_dataloader(), args.steps, args.lr,
@@ -125,12 +113,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for split in ("val", "test"):
         samples = [s for s in rows if s.split == split]
-        ds = RadFMDataset(samples, data_cfg.data_root, tokenizer, data_cfg.transform, train=False, cache=cache)
+        ds = RadFMDataset(samples, data_cfg.data_root, tokenizer, data_cfg.transform, train=False, cache=dm.cache)
         y = np.array([int(s.answer == "yes") for s in samples])
         images = [ds.load_images(s)[0] for s in samples]
         for views in (1, 8):
             h = head_scores(module, images, views)
-            result[f"{split}_auc_tta{views}"] = float(roc_auc_score(y, h))
+            result[f"{split}_auc_tta{views}"] = auc(h.tolist(), y.tolist())
             result[f"{split}_acc_tta{views}"] = float(np.mean((h >= 0) == y))
     name = f"cnn{args.cnn}" if args.cnn else "vit"
     out = {"benchmark": "vision_warmup", "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
