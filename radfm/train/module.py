@@ -37,6 +37,7 @@ class RadFMLitModule(L.LightningModule):
         lr_scale: Mapping[str, float] | None = None,
         label_names: Sequence[str] | None = None,
         label_head_weight: float = 0.0,
+        label_pool: str = "mean",
     ) -> None:
         super().__init__()
         if loss_reduction not in ("token", "sample"):
@@ -45,6 +46,8 @@ class RadFMLitModule(L.LightningModule):
         for prefix, scale in self.lr_scale.items():
             if scale < 0:
                 raise ValueError(f"lr_scale[{prefix!r}] = {scale} must be >= 0")
+        if label_pool not in ("mean", "token"):
+            raise ValueError(f"label_pool must be 'mean' or 'token', got {label_pool!r}")
         if label_head_weight < 0:
             raise ValueError(f"label_head_weight = {label_head_weight} must be >= 0")
         if label_head_weight > 0 and not label_names:
@@ -52,9 +55,11 @@ class RadFMLitModule(L.LightningModule):
                              "no `labels` to train the label head on (set label_head_weight: 0)")
         self.label_names = list(label_names or []) if label_head_weight > 0 else []
         self.label_head_weight = float(label_head_weight)
+        self.label_pool = label_pool
         self.save_hyperparameters({"model": model_cfg.to_dict(), "freeze": freeze, "lora": lora,
                                    "term_weight": term_weight, "seed": seed, "loss_reduction": loss_reduction,
                                    "lr_scale": self.lr_scale, "label_head_weight": self.label_head_weight,
+                                   "label_pool": label_pool,
                                    "label_names": self.label_names})
         self.loss_reduction = loss_reduction
         self.model_cfg = model_cfg
@@ -100,26 +105,38 @@ class RadFMLitModule(L.LightningModule):
         """Binary cross-entropy of the label head on each row's image tokens, or None without a labelled row.
 
         ``features``: ``N×K×hidden`` image tokens of the batch's N images (row by row, ``batch["n_images"]``
-        of them per row). A row's input is the mean of its images' tokens; its target the multi-hot of its
-        ``label_names`` over ``self.label_names`` (an empty list: no finding, every target 0). Rows without
-        images or with ``label_names`` None carry no target and are left out.
+        of them per row). The target of a row is the multi-hot of its ``label_names`` over ``self.label_names``
+        (an empty list: no finding, every target 0). Rows without images or with ``label_names`` None carry
+        no target and are left out. With ``label_pool="mean"`` the head reads the mean of the row's image
+        tokens (one ``L`` logit vector per row); with ``"token"`` it reads every one of the row's ``n×K``
+        tokens on its own (``n·K×L`` logits, all against the row's target) and the BCE is their mean.
+
+        Why ``token``: the LM reads the image through attention, which may weigh any few of the K tokens;
+        a mean-pooled head only asks that the *average* token carry the labels, so each finding may live
+        in a direction spread thinly over all K. Asking every token to carry them makes any attention
+        pattern read them.
         """
         assert self.label_head is not None
         index = {name: j for j, name in enumerate(self.label_names)}
         pooled, targets, start = [], [], 0
         for n, names in zip(batch["n_images"], batch["label_names"], strict=True):
             if n and names is not None:
-                pooled.append(features[start:start + n].mean(dim=(0, 1)))
+                tokens = features[start:start + n].flatten(0, 1)  # n·K×hidden
                 target = features.new_zeros(len(index))
                 for name in names:
                     if name in index:  # a label unseen in training (val rows) has no output to train
                         target[index[name]] = 1.0
-                targets.append(target)
+                if self.label_pool == "token":
+                    pooled.append(tokens)
+                    targets.append(target.expand(tokens.shape[0], -1))
+                else:
+                    pooled.append(tokens.mean(dim=0, keepdim=True))
+                    targets.append(target.unsqueeze(0))
             start += n
         if not pooled:
             return None
-        logits = self.label_head(torch.stack(pooled).float())
-        return F.binary_cross_entropy_with_logits(logits, torch.stack(targets).float())
+        logits = self.label_head(torch.cat(pooled).float())
+        return F.binary_cross_entropy_with_logits(logits, torch.cat(targets).float())
 
     def _step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
         features, blocks = self.image_features(batch)  # encoded once, for the LM and the label head

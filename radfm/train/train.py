@@ -92,7 +92,8 @@ def build_module(cfg: DictConfig, model_cfg: RadFMConfig, tokenizer: RadFMTokeni
                           term_weight=cfg.term_weight, seed=cfg.seed,
                           loss_reduction=cfg.get("loss_reduction", "token"),
                           lr_scale=OmegaConf.to_container(lr_scale) if lr_scale else None,
-                          label_names=names, label_head_weight=head_weight)
+                          label_names=names, label_head_weight=head_weight,
+                          label_pool=str(cfg.get("label_pool", "mean")))
 
 
 def check_warm_up(cfg: DictConfig, module: RadFMLitModule) -> int:
@@ -103,6 +104,15 @@ def check_warm_up(cfg: DictConfig, module: RadFMLitModule) -> int:
     if steps > 0:
         require_head(module)
     return steps
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of a Lightning ``precision`` string (``bf16-mixed`` → bfloat16), None for full precision."""
+    if precision.startswith("bf16") and "mixed" in precision:
+        return torch.bfloat16
+    if precision.startswith("16") and "mixed" in precision:
+        return torch.float16
+    return None
 
 
 def warm_up(cfg: DictConfig, module: RadFMLitModule, dm: RadFMDataModule, resuming: bool) -> dict[str, float]:
@@ -117,7 +127,8 @@ def warm_up(cfg: DictConfig, module: RadFMLitModule, dm: RadFMDataModule, resumi
         steps = 1  # a smoke run checks that the warm-up works, as Lightning runs one batch of the fit
     stats = warm_up_vision(module, dm.train_dataloader(), steps, float(wcfg.get("lr", 1e-3)),
                            weight_decay=float(cfg.optim.get("weight_decay", 0.01)),
-                           head_lr=float(wcfg["head_lr"]) if wcfg.get("head_lr") else None)
+                           head_lr=float(wcfg["head_lr"]) if wcfg.get("head_lr") else None,
+                           autocast_dtype=autocast_dtype(str(cfg.trainer.get("precision", "32-true"))))
     log.info("vision warm-up: %d steps in %.1f s, label loss %.4f -> %.4f", int(stats["steps"]),
              stats["seconds"], stats["first_loss"], stats["last_loss"])
     return {f"warmup/{k}": v for k, v in stats.items()}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -27,13 +28,16 @@ def require_head(module: Any) -> None:
 
 
 def warm_up_vision(module: Any, batches: Iterable[dict[str, Any]], steps: int, lr: float,
-                   weight_decay: float = 0.01, clip: float = 1.0, head_lr: float | None = None) -> dict[str, float]:
+                   weight_decay: float = 0.01, clip: float = 1.0, head_lr: float | None = None,
+                   autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
     """Train ``module.model.vision`` and ``module.label_head`` on the label loss alone for ``steps`` steps.
 
     ``module`` is a :class:`radfm.train.module.RadFMLitModule` with a label head; ``batches`` an iterable of
     training batches (the train loader; passed over again, with ``set_epoch``, when shorter than ``steps``). The LM is not run and its
     weights do not change. AdamW at ``lr`` (the head at ``head_lr``, default ``lr``) with a linear decay to 0.1 × ``lr``; its state is dropped after
-    (the joint fit starts its own optimizer). Returns the first and last label loss and the seconds spent.
+    (the joint fit starts its own optimizer). ``autocast_dtype`` (e.g. ``torch.bfloat16``, what a ``bf16-mixed``
+    fit uses) runs the forward under autocast on the parameters' device, as the fit will; the weights stay fp32.
+    Returns the first and last label loss and the seconds spent.
     """
     if steps <= 0:
         return {"steps": 0.0, "seconds": 0.0}
@@ -46,6 +50,7 @@ def warm_up_vision(module: Any, batches: Iterable[dict[str, Any]], steps: int, l
                             weight_decay=weight_decay, betas=(0.9, 0.95))
     params = params + head
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0 - 0.9 * i / max(1, steps - 1))
+    device = params[0].device.type
     was_training = module.training
     module.train()
     t0 = time.perf_counter()
@@ -61,8 +66,9 @@ def warm_up_vision(module: Any, batches: Iterable[dict[str, Any]], steps: int, l
             if done >= steps:
                 break
             seen += 1
-            features, _ = module.image_features(batch)
-            loss = module.label_loss(features, batch) if features is not None else None
+            with (torch.autocast(device, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()):
+                features, _ = module.image_features(batch)
+                loss = module.label_loss(features, batch) if features is not None else None
             if loss is None:  # a batch with no labelled image row teaches the head nothing
                 continue
             opt.zero_grad(set_to_none=True)

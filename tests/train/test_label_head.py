@@ -35,6 +35,29 @@ def test_label_loss_by_hand(tiny_tokenizer):
     assert module.label_loss(features[:1], {"n_images": [1, 0], "label_names": [None, ["cyst"]]}) is None
 
 
+def test_label_loss_per_token_by_hand(tiny_tokenizer):
+    """label_pool="token": every image token of a row is scored on its own against the row's target."""
+    module = _module(tiny_tokenizer, label_pool="token")
+    hidden = presets.tiny().lm.hidden_size
+    torch.manual_seed(0)
+    features = torch.randn(3, 4, hidden)  # row A one image, row B none, row C two images
+    batch = {"n_images": [1, 0, 2], "label_names": [["mass"], ["cyst"], ["cyst", "mass"]]}
+    got = module.label_loss(features, batch)
+
+    w, b = module.label_head.weight.detach(), module.label_head.bias.detach()
+    tokens = features.reshape(12, hidden)  # 4 tokens of A, then 8 of C
+    p = torch.sigmoid(tokens @ w.T + b)
+    y = torch.tensor([[0.0, 1.0]] * 4 + [[1.0, 1.0]] * 8)
+    want = -(y * p.log() + (1 - y) * (1 - p).log()).mean()
+    assert got is not None and float(got) == pytest.approx(float(want), rel=1e-5)
+    # The mean-pooled loss of the same rows differs: the two modes are not the same computation.
+    mean = _module(tiny_tokenizer)
+    mean.label_head.load_state_dict(module.label_head.state_dict())
+    assert float(mean.label_loss(features, batch)) != pytest.approx(float(got), rel=1e-3)
+    with pytest.raises(ValueError, match="label_pool"):
+        _module(tiny_tokenizer, label_pool="max")
+
+
 def test_label_head_adds_to_the_training_loss_and_trains_vision(tiny_tokenizer):
     """The step's loss is answer loss + weight × label loss; its gradient reaches the ViT; export leaves it out."""
     module = _module(tiny_tokenizer)

@@ -48,6 +48,24 @@ def test_warm_up_trains_vision_and_head_only(tiny_tokenizer):
     assert all(p.grad is None for p in module.parameters())  # no stale gradient reaches the joint fit
 
 
+def test_warm_up_under_bf16_autocast(tiny_tokenizer):
+    """autocast_dtype=bfloat16 (a bf16-mixed fit): the forward runs in bf16, the weights stay fp32 and learn."""
+    from radfm.train.train import autocast_dtype
+
+    assert autocast_dtype("bf16-mixed") is torch.bfloat16 and autocast_dtype("16-mixed") is torch.float16
+    assert autocast_dtype("32-true") is None and autocast_dtype("bf16-true") is None
+    torch.manual_seed(0)
+    module = RadFMLitModule(presets.tiny(), tiny_tokenizer, label_names=["cyst", "mass"], label_head_weight=1.0)
+    seen: list[torch.dtype] = []
+    hook = module.model.vision.projection.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    stats = warm_up_vision(module, _batches(tiny_tokenizer), steps=20, lr=3e-4, head_lr=3e-3,
+                           autocast_dtype=torch.bfloat16)
+    hook.remove()
+    assert set(seen) == {torch.bfloat16}
+    assert stats["last_loss"] < stats["first_loss"]
+    assert all(p.dtype == torch.float32 for p in module.parameters())
+
+
 def test_warm_up_refuses_what_it_cannot_do(tiny_tokenizer):
     assert warm_up_vision(object(), [], steps=0, lr=1e-3) == {"steps": 0.0, "seconds": 0.0}
     plain = RadFMLitModule(presets.tiny(), tiny_tokenizer)
