@@ -128,6 +128,7 @@ def warm_up(cfg: DictConfig, module: RadFMLitModule, dm: RadFMDataModule, resumi
     stats = warm_up_vision(module, dm.train_dataloader(), steps, float(wcfg.get("lr", 1e-3)),
                            weight_decay=float(cfg.optim.get("weight_decay", 0.01)),
                            head_lr=float(wcfg["head_lr"]) if wcfg.get("head_lr") else None,
+                           ramp=int(wcfg.get("ramp", 0) or 0),
                            autocast_dtype=autocast_dtype(str(cfg.trainer.get("precision", "32-true"))))
     log.info("vision warm-up: %d steps in %.1f s, label loss %.4f -> %.4f", int(stats["steps"]),
              stats["seconds"], stats["first_loss"], stats["last_loss"])

@@ -27,15 +27,25 @@ def require_head(module: Any) -> None:
                          "data.label_source whose rows carry labels)")
 
 
+def warm_up_factor(step: int, steps: int, ramp: int = 0) -> float:
+    """The warm-up's learning-rate factor at ``step`` (0-based): ``(step + 1) / ramp`` during the ramp, then a
+    linear decay from 1 to 0.1 at the last step. Why a ramp: a fresh head's first gradients are large and
+    noisy, and full-rate AdamW steps on them can wash out what the features already hold."""
+    if step < ramp:
+        return (step + 1) / ramp
+    return 1.0 - 0.9 * (step - ramp) / max(1, steps - ramp - 1)
+
+
 def warm_up_vision(module: Any, batches: Iterable[dict[str, Any]], steps: int, lr: float,
                    weight_decay: float = 0.01, clip: float = 1.0, head_lr: float | None = None,
-                   autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
+                   autocast_dtype: torch.dtype | None = None, ramp: int = 0) -> dict[str, float]:
     """Train ``module.model.vision`` and ``module.label_head`` on the label loss alone for ``steps`` steps.
 
     ``module`` is a :class:`radfm.train.module.RadFMLitModule` with a label head; ``batches`` an iterable of
     training batches (the train loader; passed over again, with ``set_epoch``, when shorter than ``steps``). The LM is not run and its
-    weights do not change. AdamW at ``lr`` (the head at ``head_lr``, default ``lr``) with a linear decay to 0.1 × ``lr``; its state is dropped after
-    (the joint fit starts its own optimizer). ``autocast_dtype`` (e.g. ``torch.bfloat16``, what a ``bf16-mixed``
+    weights do not change. AdamW at ``lr`` (the head at ``head_lr``, default ``lr``), reached by a linear ramp over
+    the first ``ramp`` steps, then a linear decay to 0.1 × ``lr``; its state is dropped after (the joint fit starts
+    its own optimizer). ``autocast_dtype`` (e.g. ``torch.bfloat16``, what a ``bf16-mixed``
     fit uses) runs the forward under autocast on the parameters' device, as the fit will; the weights stay fp32.
     Returns the first and last label loss and the seconds spent.
     """
@@ -49,7 +59,9 @@ def warm_up_vision(module: Any, batches: Iterable[dict[str, Any]], steps: int, l
     opt = torch.optim.AdamW([{"params": params, "lr": lr}, {"params": head, "lr": head_lr or lr}],
                             weight_decay=weight_decay, betas=(0.9, 0.95))
     params = params + head
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0 - 0.9 * i / max(1, steps - 1))
+    if ramp < 0:
+        raise ValueError(f"vision warm-up ramp = {ramp} must be >= 0")
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: warm_up_factor(i, steps, ramp))
     device = params[0].device.type
     was_training = module.training
     module.train()

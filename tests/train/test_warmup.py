@@ -10,7 +10,7 @@ from radfm.data.datamodule import Collator, label_names
 from radfm.data.manifest import Sample
 from radfm.model import presets
 from radfm.train.module import RadFMLitModule
-from radfm.train.warmup import warm_up_vision
+from radfm.train.warmup import warm_up_factor, warm_up_vision
 
 
 def _batches(tokenizer, n: int = 3) -> list[dict]:
@@ -66,6 +66,15 @@ def test_warm_up_under_bf16_autocast(tiny_tokenizer):
     assert all(p.dtype == torch.float32 for p in module.parameters())
 
 
+def test_warm_up_factor_ramps_then_decays():
+    """The rate factor: (i+1)/ramp over the ramp, 1 at its end, then linear to 0.1 at the last step."""
+    assert [warm_up_factor(i, 10) for i in (0, 9)] == [1.0, pytest.approx(0.1)]
+    got = [warm_up_factor(i, 14, ramp=4) for i in range(14)]
+    assert got[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert got[4] == 1.0 and got[13] == pytest.approx(0.1)
+    assert all(a > b for a, b in zip(got[4:], got[5:], strict=False))  # strictly decaying after the ramp
+
+
 def test_warm_up_refuses_what_it_cannot_do(tiny_tokenizer):
     assert warm_up_vision(object(), [], steps=0, lr=1e-3) == {"steps": 0.0, "seconds": 0.0}
     plain = RadFMLitModule(presets.tiny(), tiny_tokenizer)
@@ -82,6 +91,8 @@ def test_warm_up_refuses_what_it_cannot_do(tiny_tokenizer):
     unlabelled[0]["label_names"] = [None, None]
     with pytest.raises(ValueError, match="carries labels"):
         warm_up_vision(head, unlabelled, steps=2, lr=1e-3)
+    with pytest.raises(ValueError, match="ramp = -1"):
+        warm_up_vision(head, _batches(tiny_tokenizer, 1), steps=2, lr=1e-3, ramp=-1)
 
 
 def test_scene_label_names():
