@@ -51,6 +51,8 @@ def warm_up_vision(module: Any, batches: Iterable[dict[str, Any]], steps: int, l
     """
     if steps <= 0:
         return {"steps": 0.0, "seconds": 0.0}
+    if ramp < 0:
+        raise ValueError(f"vision warm-up ramp = {ramp} must be >= 0")
     require_head(module)
     params = [p for p in module.model.vision.parameters() if p.requires_grad]
     if not params:
@@ -59,8 +61,6 @@ def warm_up_vision(module: Any, batches: Iterable[dict[str, Any]], steps: int, l
     opt = torch.optim.AdamW([{"params": params, "lr": lr}, {"params": head, "lr": head_lr or lr}],
                             weight_decay=weight_decay, betas=(0.9, 0.95))
     params = params + head
-    if ramp < 0:
-        raise ValueError(f"vision warm-up ramp = {ramp} must be >= 0")
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: warm_up_factor(i, steps, ramp))
     device = params[0].device.type
     was_training = module.training
