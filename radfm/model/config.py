@@ -38,6 +38,8 @@ class VisionConfig:
     # (N, 2N, 4N, … channels, BatchNorm + ReLU) replace the in-plane patchify; see ViT3D. patch_size must then
     # be a power of 2.
     stem_channels: int = 0
+    # With the stem: residual 3×3 stride-1 convolutions after each stride-2 one (ConvStem's ``blocks``).
+    stem_blocks: int = 0
 
     @property
     def head_dim(self) -> int:

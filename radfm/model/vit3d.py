@@ -92,16 +92,32 @@ class TransformerBlock(nn.Module):
         return x + self.ff(x)
 
 
+class _ResidualConv(nn.Module):
+    """``x + ReLU(BN(conv3×3(x)))`` at a fixed channel count and resolution (ConvStem's ``blocks``)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.norm = nn.BatchNorm2d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.relu(self.norm(self.conv(x)))
+
+
 class ConvStem(nn.Module):
     """Early-convolution stem (Xiao et al. 2021): ``n = log2(patch_size)`` in-plane 3×3 stride-2 convolutions,
     each BatchNorm + ReLU, channels ``c, 2c, 4c, …``. Each depth slice is convolved on its own (depth is
     folded into the batch), so the stem is 2D in-plane as RadFM's patches are, and depth is still cut by
     ``patch_depth`` afterwards.
 
+    ``blocks`` > 0 adds that many 3×3 stride-1 convolutions (BatchNorm + ReLU, residual) after each stride-2
+    one: the plain stem sees a lesion through three convolutions, too few to tell a round blob from a rib's
+    band; the extra ones cost little beside the ViT (they run at ≤ H/2 × W/2 with ≤ 4c channels).
+
     ``B×C×H×W×D → B×(c·2^(n−1))×(H/patch_size)×(W/patch_size)×D``.
     """
 
-    def __init__(self, in_channels: int, channels: int, patch_size: int) -> None:
+    def __init__(self, in_channels: int, channels: int, patch_size: int, blocks: int = 0) -> None:
         super().__init__()
         n = patch_size.bit_length() - 1
         if patch_size < 2 or 1 << n != patch_size:
@@ -112,6 +128,7 @@ class ConvStem(nn.Module):
             c_out = channels << k
             layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out),
                        nn.ReLU(inplace=True)]
+            layers += [_ResidualConv(c_out) for _ in range(blocks)]
             c_in = c_out
         self.net = nn.Sequential(*layers)
         self.out_channels = c_in
@@ -137,7 +154,8 @@ class ViT3D(nn.Module):
     def __init__(self, cfg: VisionConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.stem = ConvStem(cfg.in_channels, cfg.stem_channels, cfg.patch_size) if cfg.stem_channels else None
+        self.stem = (ConvStem(cfg.in_channels, cfg.stem_channels, cfg.patch_size, cfg.stem_blocks)
+                     if cfg.stem_channels else None)
         if self.stem is not None:
             patch_dim = self.stem.out_channels * cfg.patch_depth
         else:
@@ -178,13 +196,20 @@ class ViT3D(nn.Module):
         return images
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        images = self.check_input(images)
+        raw_depth = images.shape[-1] if images.dim() == 5 else 0
+        raw, images = images, self.check_input(images)
         cfg = self.cfg
         h = images.shape[2] // cfg.patch_size
         w = images.shape[3] // cfg.patch_size
         d = images.shape[4] // cfg.patch_depth
         if self.stem is not None:
-            x = rearrange(self.stem(images), "b c h w (f pf) -> b (h w f) (pf c)", pf=cfg.patch_depth)
+            # The stem works slice by slice, so a 2D image is stemmed once and its features repeated to the
+            # minimum depth: the same output (batch statistics of identical copies are the same; only the
+            # running variance's n/(n−1) correction sees fewer values) at 1/min_depth of the stem's cost.
+            feat = self.stem(raw)
+            if raw_depth != images.shape[-1]:
+                feat = feat.repeat_interleave(images.shape[-1] // raw_depth, dim=-1)
+            x = rearrange(feat, "b c h w (f pf) -> b (h w f) (pf c)", pf=cfg.patch_depth)
         else:
             # Patch layout (p1 p2 pf c) matches RadFM's, so its patch projection imports unchanged.
             x = rearrange(

@@ -53,3 +53,39 @@ def test_stem_convolves_each_slice_on_its_own():
 def test_stem_needs_a_power_of_two_patch(patch_size):
     with pytest.raises(ValueError, match="power-of-2"):
         ViT3D(cfg(patch_size=patch_size, stem_channels=8))
+
+
+def test_stem_blocks_add_residual_convolutions_at_each_stage_and_keep_the_grid():
+    torch.manual_seed(0)
+    c = cfg(patch_size=4, stem_channels=8, stem_blocks=2)
+    vit = ViT3D(c)
+    convs = [m for m in vit.stem.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 2 * (1 + 2)  # two stride-2 stages, each followed by two stride-1 convolutions
+    assert [m.stride for m in convs] == [(2, 2), (1, 1), (1, 1)] * 2
+    x = torch.randn(2, 1, 28, 28, 1)
+    assert vit.stem(x).shape == (2, 16, 7, 7, 1)
+    out = vit(x)
+    assert out.shape == (2, 49, c.width)
+    out.sum().backward()
+    assert all(m.weight.grad is not None and m.weight.grad.abs().sum() > 0 for m in convs)
+
+
+def test_a_2d_image_is_stemmed_once_with_the_same_result_as_its_repeated_slices():
+    """The stem runs before the 2D → min_depth repeat: the same tokens and batch-norm statistics as stemming
+    the min_depth identical slices (train mode, so the batch statistics are used and updated)."""
+    import copy
+
+    torch.manual_seed(0)
+    c = cfg(patch_size=4, patch_depth=2, min_depth=4, max_depth=4, stem_channels=8, stem_blocks=1)
+    once = ViT3D(c).train()
+    every = copy.deepcopy(once)
+    x = torch.randn(3, 1, 28, 28, 1)
+    got = once(x)
+    want = every(x.repeat_interleave(4, dim=-1))  # depth 4 already: every slice goes through the stem
+    assert got.shape == want.shape == (3, 7 * 7 * 2, c.width)
+    assert torch.allclose(got, want, atol=1e-5)
+    for a, b in zip(once.stem.modules(), every.stem.modules(), strict=True):
+        if isinstance(a, torch.nn.BatchNorm2d):
+            assert torch.allclose(a.running_mean, b.running_mean, atol=1e-6)
+            # The running variance is unbiased (× n/(n−1)) over 4× fewer values: 588 vs 2352 here.
+            assert torch.allclose(a.running_var, b.running_var, rtol=3e-3)
