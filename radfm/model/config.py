@@ -40,6 +40,8 @@ class VisionConfig:
     stem_channels: int = 0
     # With the stem: residual 3×3 stride-1 convolutions after each stride-2 one (ConvStem's ``blocks``).
     stem_blocks: int = 0
+    # The stem's normalisation: "batch" (BatchNorm) or "group" (GroupNorm; see ConvStem for why).
+    stem_norm: str = "batch"
 
     @property
     def head_dim(self) -> int:

@@ -92,13 +92,25 @@ class TransformerBlock(nn.Module):
         return x + self.ff(x)
 
 
-class _ResidualConv(nn.Module):
-    """``x + ReLU(BN(conv3×3(x)))`` at a fixed channel count and resolution (ConvStem's ``blocks``)."""
+STEM_NORMS = ("batch", "group")
 
-    def __init__(self, channels: int) -> None:
+
+def _stem_norm(kind: str, channels: int) -> nn.Module:
+    """BatchNorm, or GroupNorm with up to 8 groups (no running statistics: the same in train and eval)."""
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":
+        return nn.GroupNorm(min(8, channels), channels)
+    raise ValueError(f"stem norm {kind!r} is not one of {STEM_NORMS}")
+
+
+class _ResidualConv(nn.Module):
+    """``x + ReLU(norm(conv3×3(x)))`` at a fixed channel count and resolution (ConvStem's ``blocks``)."""
+
+    def __init__(self, channels: int, norm: str = "batch") -> None:
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.norm = nn.BatchNorm2d(channels)
+        self.norm = _stem_norm(norm, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + torch.relu(self.norm(self.conv(x)))
@@ -114,10 +126,16 @@ class ConvStem(nn.Module):
     one: the plain stem sees a lesion through three convolutions, too few to tell a round blob from a rib's
     band; the extra ones cost little beside the ViT (they run at ≤ H/2 × W/2 with ≤ 4c channels).
 
+    ``norm="group"``: GroupNorm instead of BatchNorm. Why: a mixed-modality fit alternates 2D batches and 3D
+    batches (each volume's slices folded into the batch) whose statistics differ, so BatchNorm's running
+    averages match neither at evaluation; on MedMD-synth the vision warm-up's head read lesions at 0.63 with
+    BatchNorm and 0.78 with GroupNorm on test (BENCHMARKS.md, "Main job").
+
     ``B×C×H×W×D → B×(c·2^(n−1))×(H/patch_size)×(W/patch_size)×D``.
     """
 
-    def __init__(self, in_channels: int, channels: int, patch_size: int, blocks: int = 0) -> None:
+    def __init__(self, in_channels: int, channels: int, patch_size: int, blocks: int = 0,
+                 norm: str = "batch") -> None:
         super().__init__()
         n = patch_size.bit_length() - 1
         if patch_size < 2 or 1 << n != patch_size:
@@ -126,9 +144,9 @@ class ConvStem(nn.Module):
         c_in = in_channels
         for k in range(n):
             c_out = channels << k
-            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out),
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), _stem_norm(norm, c_out),
                        nn.ReLU(inplace=True)]
-            layers += [_ResidualConv(c_out) for _ in range(blocks)]
+            layers += [_ResidualConv(c_out, norm) for _ in range(blocks)]
             c_in = c_out
         self.net = nn.Sequential(*layers)
         self.out_channels = c_in
@@ -154,7 +172,7 @@ class ViT3D(nn.Module):
     def __init__(self, cfg: VisionConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.stem = (ConvStem(cfg.in_channels, cfg.stem_channels, cfg.patch_size, cfg.stem_blocks)
+        self.stem = (ConvStem(cfg.in_channels, cfg.stem_channels, cfg.patch_size, cfg.stem_blocks, cfg.stem_norm)
                      if cfg.stem_channels else None)
         if self.stem is not None:
             patch_dim = self.stem.out_channels * cfg.patch_depth
@@ -204,8 +222,9 @@ class ViT3D(nn.Module):
         d = images.shape[4] // cfg.patch_depth
         if self.stem is not None:
             # The stem works slice by slice, so a 2D image is stemmed once and its features repeated to the
-            # minimum depth: the same output (batch statistics of identical copies are the same; only the
-            # running variance's n/(n−1) correction sees fewer values) at 1/min_depth of the stem's cost.
+            # minimum depth: the same output (per-slice convolutions; batch statistics of identical copies are
+            # the same, only BatchNorm's running variance's n/(n−1) correction sees fewer values) at
+            # 1/min_depth of the stem's cost.
             feat = self.stem(raw)
             if raw_depth != images.shape[-1]:
                 feat = feat.repeat_interleave(images.shape[-1] // raw_depth, dim=-1)

@@ -89,3 +89,17 @@ def test_a_2d_image_is_stemmed_once_with_the_same_result_as_its_repeated_slices(
             assert torch.allclose(a.running_mean, b.running_mean, atol=1e-6)
             # The running variance is unbiased (× n/(n−1)) over 4× fewer values: 588 vs 2352 here.
             assert torch.allclose(a.running_var, b.running_var, rtol=3e-3)
+
+
+def test_group_norm_stem_has_no_running_statistics_and_reads_the_same_in_train_and_eval():
+    torch.manual_seed(0)
+    c = cfg(patch_size=4, stem_channels=8, stem_blocks=1, stem_norm="group")
+    vit = ViT3D(c)
+    norms = [m for m in vit.stem.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert len(norms) == 4 and not any(isinstance(m, torch.nn.BatchNorm2d) for m in vit.stem.modules())
+    x = torch.randn(2, 1, 28, 28, 1)
+    assert torch.allclose(vit.train()(x), vit.eval()(x))
+    # Each image is normalised on its own: its tokens do not depend on what else is in the batch.
+    assert torch.allclose(vit(x)[:1], vit(x[:1]), atol=1e-5)
+    with pytest.raises(ValueError, match="stem norm"):
+        ViT3D(cfg(patch_size=4, stem_channels=8, stem_norm="layer"))
