@@ -195,3 +195,37 @@ def training_parts(cfg: Any, tokenizer_dir: str | Path) -> tuple[Any, Any, Any, 
     dm = RadFMDataModule(data_cfg, tokenizer, cache=TensorCache(Path(str(cfg.paths.cache_dir)) / "tensors"))
     dm.setup()
     return tokenizer, data_cfg, dm, T.build_module(cfg, model_cfg, tokenizer)
+
+
+# ---- a yardstick for the vision side ---------------------------------------------------------------------------
+def reference_cnn(in_channels: int, channels: int, width: int, pools: int = 2) -> Any:
+    """A plain CNN with the vision side's interface, for benchmarks that compare the radfm vision side with it:
+    ``N×in_channels×H×W×D`` images → ``N×(H/2^pools · W/2^pools)×width`` tokens. Three stages of two 3×3
+    conv blocks (C, 2C, 4C channels, BatchNorm + ReLU) with a 2× max-pool between stages (and after the last
+    with ``pools=3``); each slice on its own, then the max over slices (a 2D image has one)."""
+    import torch
+    from torch import nn
+
+    def block(c_in: int, c_out: int) -> list[nn.Module]:
+        return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+
+    if pools not in (2, 3):
+        raise ValueError(f"pools must be 2 or 3, got {pools}")
+    c = channels
+
+    class ReferenceCNN(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            layers = [*block(in_channels, c), *block(c, c), nn.MaxPool2d(2), *block(c, 2 * c),
+                      *block(2 * c, 2 * c), nn.MaxPool2d(2), *block(2 * c, 4 * c), *block(4 * c, 4 * c)]
+            self.net = nn.Sequential(*layers, *([nn.MaxPool2d(2)] if pools == 3 else []))
+            self.proj = nn.Linear(4 * c, width)
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            n, d = images.shape[0], images.shape[-1]
+            feats = self.net(images.permute(0, 4, 1, 2, 3).flatten(0, 1))  # (N·D)×4c×h×w
+            feats = feats.unflatten(0, (n, d)).amax(dim=1)
+            return self.proj(feats.flatten(2).transpose(1, 2))
+
+    return ReferenceCNN()
+

@@ -33,34 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench._common import cpu_model, training_parts, write_json  # noqa: E402
-
-
-def reference_cnn(channels: int, width: int) -> Any:
-    """``N×C×64×64×D`` images → ``N×64×width`` tokens: a plain CNN per slice, max over slices."""
-    import torch
-    from torch import nn
-
-    def block(c_in: int, c_out: int) -> list[nn.Module]:
-        return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
-
-    c = channels
-
-    class ReferenceCNN(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = nn.Sequential(*block(3, c), *block(c, c), nn.MaxPool2d(2), *block(c, 2 * c),
-                                     *block(2 * c, 2 * c), nn.MaxPool2d(2), *block(2 * c, 4 * c),
-                                     *block(4 * c, 4 * c), nn.MaxPool2d(2))
-            self.proj = nn.Linear(4 * c, width)
-
-        def forward(self, images: torch.Tensor) -> torch.Tensor:
-            n, d = images.shape[0], images.shape[-1]
-            feats = self.net(images.permute(0, 4, 1, 2, 3).flatten(0, 1))  # (N·D)×4c×8×8
-            feats = feats.unflatten(0, (n, d)).amax(dim=1)
-            return self.proj(feats.flatten(2).transpose(1, 2))
-
-    return ReferenceCNN()
+from bench._common import cpu_model, reference_cnn, training_parts, write_json  # noqa: E402
 
 
 def score(z: list[float], y: list[int], types: list[str]) -> dict[str, Any]:
@@ -101,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     L.seed_everything(int(cfg.seed))
     tokenizer, data_cfg, dm, module = training_parts(cfg, Path(str(cfg.paths.runs_dir)) / "synth-warmup")
     if args.cnn:
-        module.model.vision = reference_cnn(args.cnn, int(cfg.model.lm.hidden_size))
+        module.model.vision = reference_cnn(3, args.cnn, int(cfg.model.lm.hidden_size), pools=3)
     stats = warm_up_vision(module, dm.train_dataloader(), args.steps, args.lr, head_lr=args.head_lr, ramp=args.ramp)
     module.eval()
     index = {name: j for j, name in enumerate(module.label_names)}

@@ -30,32 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench._common import training_parts, write_json  # noqa: E402
-
-
-def reference_cnn(channels: int, width: int) -> Any:
-    """A plain CNN with the vision side's interface: ``N×1×28×28×1`` images → ``N×49×width`` tokens."""
-    import torch
-    from torch import nn
-
-    def block(c_in: int, c_out: int) -> list[nn.Module]:
-        return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
-
-    c = channels
-
-    class ReferenceCNN(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = nn.Sequential(*block(1, c), *block(c, c), nn.MaxPool2d(2), *block(c, 2 * c),
-                                     *block(2 * c, 2 * c), nn.MaxPool2d(2), *block(2 * c, 4 * c),
-                                     *block(4 * c, 4 * c))
-            self.proj = nn.Linear(4 * c, width)
-
-        def forward(self, images: torch.Tensor) -> torch.Tensor:
-            feats = self.net(images[..., 0])  # N×4c×7×7 (depth 1 dropped)
-            return self.proj(feats.flatten(2).transpose(1, 2))
-
-    return ReferenceCNN()
+from bench._common import reference_cnn, training_parts, write_json  # noqa: E402
 
 
 def head_scores(module: Any, images: list[Any], views: int) -> Any:
@@ -102,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     L.seed_everything(args.seed)
     tokenizer, data_cfg, dm, module = training_parts(cfg, Path(str(cfg.paths.runs_dir)) / "vision-warmup")
     if args.cnn:
-        module.model.vision = reference_cnn(args.cnn, int(cfg.model.lm.hidden_size))
+        module.model.vision = reference_cnn(1, args.cnn, int(cfg.model.lm.hidden_size))
     n_params = sum(p.numel() for p in module.model.vision.parameters())
     t0 = time.perf_counter()
     stats = warm_up_vision(module, dm.train_dataloader(), args.steps, args.lr,

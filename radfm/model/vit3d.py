@@ -118,18 +118,19 @@ class _ResidualConv(nn.Module):
 
 class ConvStem(nn.Module):
     """Early-convolution stem (Xiao et al. 2021): ``n = log2(patch_size)`` in-plane 3×3 stride-2 convolutions,
-    each BatchNorm + ReLU, channels ``c, 2c, 4c, …``. Each depth slice is convolved on its own (depth is
+    each norm + ReLU, channels ``c, 2c, 4c, …``. Each depth slice is convolved on its own (depth is
     folded into the batch), so the stem is 2D in-plane as RadFM's patches are, and depth is still cut by
     ``patch_depth`` afterwards.
 
-    ``blocks`` > 0 adds that many 3×3 stride-1 convolutions (BatchNorm + ReLU, residual) after each stride-2
-    one: the plain stem sees a lesion through three convolutions, too few to tell a round blob from a rib's
-    band; the extra ones cost little beside the ViT (they run at ≤ H/2 × W/2 with ≤ 4c channels).
+    ``blocks`` > 0 adds that many 3×3 stride-1 convolutions (norm + ReLU, residual) after each stride-2 one:
+    more local depth at little cost beside the ViT (they run at ≤ H/2 × W/2 with ≤ 4c channels). On
+    MedMD-synth it did not help the warm-up read lesions (BENCHMARKS.md, "Main job").
 
     ``norm="group"``: GroupNorm instead of BatchNorm. Why: a mixed-modality fit alternates 2D batches and 3D
     batches (each volume's slices folded into the batch) whose statistics differ, so BatchNorm's running
-    averages match neither at evaluation; on MedMD-synth the vision warm-up's head read lesions at 0.63 with
-    BatchNorm and 0.78 with GroupNorm on test (BENCHMARKS.md, "Main job").
+    averages match neither at evaluation. On MedMD-synth the vision warm-up's head read test lesions at 0.63
+    with BatchNorm and 0.78 with GroupNorm after 600 steps, but 0.82 and 0.80 after 1200, and the joint fit
+    was worse with GroupNorm (BENCHMARKS.md, "Main job"), so the demo keeps BatchNorm.
 
     ``B×C×H×W×D → B×(c·2^(n−1))×(H/patch_size)×(W/patch_size)×D``.
     """
@@ -214,7 +215,6 @@ class ViT3D(nn.Module):
         return images
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        raw_depth = images.shape[-1] if images.dim() == 5 else 0
         raw, images = images, self.check_input(images)
         cfg = self.cfg
         h = images.shape[2] // cfg.patch_size
@@ -226,8 +226,8 @@ class ViT3D(nn.Module):
             # the same, only BatchNorm's running variance's n/(n−1) correction sees fewer values) at
             # 1/min_depth of the stem's cost.
             feat = self.stem(raw)
-            if raw_depth != images.shape[-1]:
-                feat = feat.repeat_interleave(images.shape[-1] // raw_depth, dim=-1)
+            if raw.shape[-1] != images.shape[-1]:
+                feat = feat.repeat_interleave(images.shape[-1] // raw.shape[-1], dim=-1)
             x = rearrange(feat, "b c h w (f pf) -> b (h w f) (pf c)", pf=cfg.patch_depth)
         else:
             # Patch layout (p1 p2 pf c) matches RadFM's, so its patch projection imports unchanged.
