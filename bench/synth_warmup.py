@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--lr", type=float, default=1e-4, help="the vision side's rate")
     parser.add_argument("--head-lr", type=float, default=1e-3)
     parser.add_argument("--ramp", type=int, default=0)
+    parser.add_argument("--encoder-lr", type=float, default=None, help="the ViT's rate (default: --lr)")
     parser.add_argument("--cnn", type=int, default=0, help="C > 0: the plain reference CNN instead of the vision side")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_intermixed_args(argv)
@@ -75,7 +76,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     tokenizer, data_cfg, dm, module = training_parts(cfg, Path(str(cfg.paths.runs_dir)) / "synth-warmup")
     if args.cnn:
         module.model.vision = reference_cnn(3, args.cnn, int(cfg.model.lm.hidden_size), pools=3)
-    stats = warm_up_vision(module, dm.train_dataloader(), args.steps, args.lr, head_lr=args.head_lr, ramp=args.ramp)
+    stats = warm_up_vision(module, dm.train_dataloader(), args.steps, args.lr, head_lr=args.head_lr, ramp=args.ramp,
+                          encoder_lr=args.encoder_lr)
     module.eval()
     index = {name: j for j, name in enumerate(module.label_names)}
     samples = read_manifest(data_cfg.manifest)
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
             def logits(sample: Any, ds: Any = ds) -> torch.Tensor:
                 tokens = module.model.vision(ds.load_images(sample)[0].unsqueeze(0))  # 1×K×hidden
-                return module.label_head(tokens.mean(dim=1))[0]
+                return module.label_head(module.pool_tokens(tokens[0]))[0]
 
             z, y, types = [], [], []
             for s in rows:
@@ -117,6 +119,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
               "command": " ".join(["python bench/synth_warmup.py", args.name, f"--steps {args.steps}",
                                    f"--lr {args.lr}", f"--head-lr {args.head_lr}", f"--ramp {args.ramp}",
+                                   *([f"--encoder-lr {args.encoder_lr}"] if args.encoder_lr else []),
                                    f"--cnn {args.cnn}", *args.overrides]),
               "machine": {"cpu": cpu_model(), "cpus": os.cpu_count()},
               "steps": args.steps, "warmup": stats, "labels": len(index), **result}

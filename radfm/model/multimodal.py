@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -29,8 +30,13 @@ class VisionEmbedder(nn.Module):
         self.resampler = PerceiverResampler(cfg.resampler)
         self.projection = nn.Linear(cfg.resampler.dim, cfg.lm.hidden_size)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.projection(self.resampler(self.encoder(images)))
+    def forward(self, images: torch.Tensor, patch_max: bool = False
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """``N×num_latents×lm_hidden`` tokens; with ``patch_max`` also ``N×width``, each image's ViT patch
+        tokens max-pooled (what a training-only patch head reads: radfm.train.module)."""
+        patches = self.encoder(images)  # N×P×width
+        tokens = self.projection(self.resampler(patches))
+        return (tokens, patches.amax(dim=1)) if patch_max else tokens
 
 
 class RadFMModel(nn.Module):
@@ -52,18 +58,24 @@ class RadFMModel(nn.Module):
         self.suppress_ids = list(suppress_ids)
 
     # ---- embedding ------------------------------------------------------------------------------
-    def encode_images(self, images: Images) -> torch.Tensor | None:
-        """Return ``N×K×hidden`` image tokens, in input order, or None without images."""
+    def encode_images(self, images: Images, patch_max: bool = False) -> Any:
+        """Return ``N×K×hidden`` image tokens, in input order, or None without images.
+
+        ``patch_max``: a pair instead, the tokens and ``N×width`` max-pooled ViT patch tokens per image
+        (:meth:`VisionEmbedder.forward`); (None, None) without images.
+        """
         if images is None:
-            return None
+            return (None, None) if patch_max else None
         if isinstance(images, torch.Tensor):
             if images.dim() != 5:
                 raise ValueError(
                     f"images must be N×C×H×W×D (rank 5), got rank {images.dim()} with shape {tuple(images.shape)}"
                 )
-            return self.vision(images) if images.shape[0] else None
+            if not images.shape[0]:
+                return (None, None) if patch_max else None
+            return self.vision(images, patch_max=patch_max)
         if len(images) == 0:
-            return None
+            return (None, None) if patch_max else None
         for i, img in enumerate(images):
             if img.dim() != 4:
                 raise ValueError(
@@ -73,12 +85,18 @@ class RadFMModel(nn.Module):
         for i, img in enumerate(images):
             groups.setdefault(tuple(img.shape), []).append(i)
         out: torch.Tensor | None = None
+        pooled: torch.Tensor | None = None
         for idx in groups.values():
-            feats = self.vision(torch.stack([images[i] for i in idx]))
+            feats = self.vision(torch.stack([images[i] for i in idx]), patch_max=patch_max)
+            if patch_max:
+                feats, pool = feats
+                if pooled is None:
+                    pooled = pool.new_empty((len(images), pool.shape[1]))
+                pooled[idx] = pool
             if out is None:
                 out = feats.new_empty((len(images), *feats.shape[1:]))
             out[idx] = feats
-        return out
+        return (out, pooled) if patch_max else out
 
     def embed(self, input_ids: torch.Tensor, images: Images = None,
               image_features: torch.Tensor | None = None) -> torch.Tensor:

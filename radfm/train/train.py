@@ -93,7 +93,8 @@ def build_module(cfg: DictConfig, model_cfg: RadFMConfig, tokenizer: RadFMTokeni
                           loss_reduction=cfg.get("loss_reduction", "token"),
                           lr_scale=OmegaConf.to_container(lr_scale) if lr_scale else None,
                           label_names=names, label_head_weight=head_weight,
-                          label_pool=str(cfg.get("label_pool", "mean")))
+                          label_pool=str(cfg.get("label_pool", "mean")),
+                          patch_head_weight=float(cfg.get("patch_head_weight", 0.0)))
 
 
 def check_warm_up(cfg: DictConfig, module: RadFMLitModule) -> int:
@@ -129,6 +130,7 @@ def warm_up(cfg: DictConfig, module: RadFMLitModule, dm: RadFMDataModule, resumi
                            weight_decay=float(cfg.optim.get("weight_decay", 0.01)),
                            head_lr=float(wcfg["head_lr"]) if wcfg.get("head_lr") else None,
                            ramp=int(wcfg.get("ramp", 0) or 0),
+                           encoder_lr=float(wcfg["encoder_lr"]) if wcfg.get("encoder_lr") else None,
                            autocast_dtype=autocast_dtype(str(cfg.trainer.get("precision", "32-true"))))
     log.info("vision warm-up: %d steps in %.1f s, label loss %.4f -> %.4f", int(stats["steps"]),
              stats["seconds"], stats["first_loss"], stats["last_loss"])

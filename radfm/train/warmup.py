@@ -38,12 +38,15 @@ def warm_up_factor(step: int, steps: int, ramp: int = 0) -> float:
 
 def warm_up_vision(module: Any, batches: Iterable[dict[str, Any]], steps: int, lr: float,
                    weight_decay: float = 0.01, clip: float = 1.0, head_lr: float | None = None,
-                   autocast_dtype: torch.dtype | None = None, ramp: int = 0) -> dict[str, float]:
+                   autocast_dtype: torch.dtype | None = None, ramp: int = 0,
+                   encoder_lr: float | None = None) -> dict[str, float]:
     """Train ``module.model.vision`` and ``module.label_head`` on the label loss alone for ``steps`` steps.
 
     ``module`` is a :class:`radfm.train.module.RadFMLitModule` with a label head; ``batches`` an iterable of
     training batches (the train loader; passed over again, with ``set_epoch``, when shorter than ``steps``). The LM is not run and its
-    weights do not change. AdamW at ``lr`` (the head at ``head_lr``, default ``lr``), reached by a linear ramp over
+    weights do not change. With a patch head (``module.patch_head``) it trains beside the label head on the
+    ViT's max-pooled patch tokens. AdamW at ``lr`` (the ViT at ``encoder_lr``, the heads at ``head_lr``; both
+    default ``lr``), reached by a linear ramp over
     the first ``ramp`` steps, then a linear decay to 0.1 × ``lr``; its state is dropped after (the joint fit starts
     its own optimizer). ``autocast_dtype`` (e.g. ``torch.bfloat16``, what a ``bf16-mixed``
     fit uses) runs the forward under autocast on the parameters' device, as the fit will; the weights stay fp32.
@@ -54,13 +57,18 @@ def warm_up_vision(module: Any, batches: Iterable[dict[str, Any]], steps: int, l
     if ramp < 0:
         raise ValueError(f"vision warm-up ramp = {ramp} must be >= 0")
     require_head(module)
-    params = [p for p in module.model.vision.parameters() if p.requires_grad]
-    if not params:
+    vision = module.model.vision
+    encoder = [p for p in vision.encoder.parameters() if p.requires_grad]
+    rest = [p for n, p in vision.named_parameters() if p.requires_grad and not n.startswith("encoder.")]
+    if not encoder and not rest:
         raise ValueError("vision_warmup.steps > 0 but no vision-side parameter is trainable (frozen): nothing to warm up")
     head = list(module.label_head.parameters())
-    opt = torch.optim.AdamW([{"params": params, "lr": lr}, {"params": head, "lr": head_lr or lr}],
-                            weight_decay=weight_decay, betas=(0.9, 0.95))
-    params = params + head
+    if getattr(module, "patch_head", None) is not None:
+        head += list(module.patch_head.parameters())
+    groups = [{"params": encoder, "lr": encoder_lr or lr}, {"params": rest, "lr": lr},
+              {"params": head, "lr": head_lr or lr}]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=weight_decay, betas=(0.9, 0.95))
+    params = encoder + rest + head
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: warm_up_factor(i, steps, ramp))
     device = params[0].device.type
     was_training = module.training
@@ -79,8 +87,8 @@ def warm_up_vision(module: Any, batches: Iterable[dict[str, Any]], steps: int, l
                 break
             seen += 1
             with (torch.autocast(device, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()):
-                features, _ = module.image_features(batch)
-                loss = module.label_loss(features, batch) if features is not None else None
+                features, _, patches = module.image_features(batch, patches=True)
+                loss = module.label_loss(features, batch, patches) if features is not None else None
             if loss is None:  # a batch with no labelled image row teaches the head nothing
                 continue
             opt.zero_grad(set_to_none=True)
