@@ -18,6 +18,24 @@ from radfm.model.tokenizer import IGNORE_INDEX, RadFMTokenizer
 from radfm.train.terms import TermWeighter, load_terms
 
 LABEL_POOLS = ("mean", "max", "token")  # how the label head reads a row's image tokens (see label_loss)
+PATCH_LABELS = ("types", "findings")  # which label names the patch head learns (see patch_label_indices)
+
+
+def patch_label_indices(names: Sequence[str], which: str = "findings") -> list[int]:
+    """The indices of ``names`` that the patch head learns.
+
+    ``types``: names without a qualifier (``"cyst"``): presence only. ``findings``: those and every name
+    that qualifies one of them (``"cyst left"``, ``"cyst left upper"``, ``"cyst small"``): where and how big a
+    lesion is can be read off the patch that holds it (its token carries its position), so a max over
+    patches can say it; ``"modality CT"``, ``"plane axial"``, ``"count 2"`` are about the whole image and
+    stay with the label head alone.
+    """
+    if which not in PATCH_LABELS:
+        raise ValueError(f"patch_labels must be one of {PATCH_LABELS}, got {which!r}")
+    types = {n for n in names if " " not in n}
+    if which == "types":
+        return [j for j, n in enumerate(names) if n in types]
+    return [j for j, n in enumerate(names) if n.split(" ", 1)[0] in types]
 
 
 class RadFMLitModule(L.LightningModule):
@@ -33,6 +51,7 @@ class RadFMLitModule(L.LightningModule):
         freeze: str = "none",
         lora: dict[str, Any] | None = None,
         term_weight: float = 1.0,
+        term_extra: Sequence[str] = (),
         seed: int = 0,
         model: RadFMModel | None = None,
         loss_reduction: str = "token",
@@ -41,6 +60,7 @@ class RadFMLitModule(L.LightningModule):
         label_head_weight: float = 0.0,
         label_pool: str = "mean",
         patch_head_weight: float = 0.0,
+        patch_labels: str = "findings",
     ) -> None:
         super().__init__()
         if loss_reduction not in ("token", "sample"):
@@ -66,9 +86,11 @@ class RadFMLitModule(L.LightningModule):
         self.label_pool = label_pool
         self.patch_head_weight = float(patch_head_weight)
         self.save_hyperparameters({"model": model_cfg.to_dict(), "freeze": freeze, "lora": lora,
-                                   "term_weight": term_weight, "seed": seed, "loss_reduction": loss_reduction,
+                                   "term_weight": term_weight, "term_extra": list(term_extra), "seed": seed,
+                                   "loss_reduction": loss_reduction,
                                    "lr_scale": self.lr_scale, "label_head_weight": self.label_head_weight,
                                    "label_pool": label_pool, "patch_head_weight": self.patch_head_weight,
+                                   "patch_labels": patch_labels,
                                    "label_names": self.label_names})
         self.loss_reduction = loss_reduction
         self.model_cfg = model_cfg
@@ -82,7 +104,10 @@ class RadFMLitModule(L.LightningModule):
         self.param_counts = factory.freeze(self.model, freeze, verbose=False)
         self.optimizer_fn = optimizer or (lambda params: torch.optim.AdamW(params, lr=3e-4))
         self.scheduler_fn = scheduler
-        self.weighter = TermWeighter(tokenizer, load_terms(), term_weight) if term_weight != 1.0 else None
+        # term_extra: answer words weighted like the terms, e.g. "yes"/"no": a closed answer is one token
+        # beside ~60-token reports in a packed row, so by the token mean it hardly trains.
+        self.weighter = (TermWeighter(tokenizer, [*load_terms(), *term_extra], term_weight)
+                         if term_weight != 1.0 else None)
         # Training-only: a linear multi-label head on the image tokens the LM sees (not part of the exported
         # model). Why: the answer loss reaches the vision tower only through the LM, and a lesion changes a
         # few of ~40 answer tokens, so the ViT never learned lesions in the 10-minute demo (yes/no at chance);
@@ -94,9 +119,7 @@ class RadFMLitModule(L.LightningModule):
         # (or the resampler) its gradient reaches those patches diluted; a max sends it to the patch that
         # holds the lesion, as a CNN detector's global max-pool does. On mid slices of MedMD-synth, 600
         # vision steps with it read test fractures at 0.95 through the *latent* head (0.53 without it).
-        # It learns the label names without a qualifier ("cyst", not "cyst left upper" or "modality CT"):
-        # presence is what a max over patches can say; where and how many stay with the label head.
-        self.patch_labels = [j for j, name in enumerate(self.label_names) if " " not in name]
+        self.patch_labels = patch_label_indices(self.label_names, patch_labels)
         if self.patch_head_weight > 0 and not self.patch_labels:
             raise ValueError("patch_head_weight > 0 but the label head has no label name without a qualifier "
                              f"(a finding type such as 'cyst') for the patch head to learn: {self.label_names[:5]}")

@@ -90,11 +90,13 @@ def build_module(cfg: DictConfig, model_cfg: RadFMConfig, tokenizer: RadFMTokeni
                           scheduler=instantiate(cfg.optim.scheduler), freeze=cfg.freeze,
                           lora=OmegaConf.to_container(cfg.lora) if cfg.lora else None,
                           term_weight=cfg.term_weight, seed=cfg.seed,
+                          term_extra=[str(w) for w in cfg.get("term_extra") or ()],
                           loss_reduction=cfg.get("loss_reduction", "token"),
                           lr_scale=OmegaConf.to_container(lr_scale) if lr_scale else None,
                           label_names=names, label_head_weight=head_weight,
                           label_pool=str(cfg.get("label_pool", "mean")),
-                          patch_head_weight=float(cfg.get("patch_head_weight", 0.0)))
+                          patch_head_weight=float(cfg.get("patch_head_weight", 0.0)),
+                          patch_labels=str(cfg.get("patch_labels", "findings")))
 
 
 def check_warm_up(cfg: DictConfig, module: RadFMLitModule) -> int:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from radfm.data.datamodule import Collator
 from radfm.model import factory, presets
-from radfm.train.module import RadFMLitModule
+from radfm.train.module import RadFMLitModule, patch_label_indices
 from radfm.train.warmup import warm_up_vision
 
 NAMES = ["cyst", "cyst left", "mass", "modality CT"]
@@ -35,11 +35,21 @@ def test_encode_images_pools_patch_tokens(tiny_tokenizer):
     assert model.encode_images(None, patch_max=True) == (None, None)
 
 
+def test_patch_labels():
+    """findings: the types and the names that qualify one; types: presence only; whole-image names never."""
+    names = ["count 1", "cyst", "cyst left", "cyst left upper", "cyst small", "mass", "modality CT", "plane axial"]
+    assert patch_label_indices(names) == [1, 2, 3, 4, 5]
+    assert patch_label_indices(names, "types") == [1, 5]
+    with pytest.raises(ValueError, match="patch_labels"):
+        patch_label_indices(names, "all")
+
+
 def test_patch_loss_by_hand(tiny_tokenizer):
     """label loss = label-head BCE + (patch weight / label weight) × patch-head BCE on the unqualified names,
     each row's patches max-pooled over its images."""
-    module = _module(tiny_tokenizer)
+    module = _module(tiny_tokenizer, patch_labels="types")
     assert module.patch_labels == [0, 2]  # "cyst", "mass": presence, not where or which modality
+    assert _module(tiny_tokenizer).patch_labels == [0, 1, 2]  # the default adds "cyst left"
     hidden, width = presets.tiny().lm.hidden_size, presets.tiny().vision.width
     torch.manual_seed(0)
     features, patches = torch.randn(3, 4, hidden), torch.randn(3, width)  # row A one image, B none, C two
