@@ -17,6 +17,7 @@ from radfm.data import prompts
 from radfm.data.errors import Quarantine, SampleError, check_on_error
 from radfm.data.manifest import Sample, read_manifest, resolve_image_path
 from radfm.data.sampler import ModalityBatchSampler
+from radfm.data.synth import redraw_yesno
 from radfm.data.transforms import TransformConfig, preprocess
 from radfm.model.tokenizer import RadFMTokenizer
 
@@ -29,7 +30,7 @@ class RadFMDataset(Dataset):
     def __init__(self, samples: Sequence[Sample], data_root: str | Path, tokenizer: RadFMTokenizer,
                  transform: TransformConfig, train: bool, seed: int = 0, max_length: int | None = None,
                  cache: Any = None, epoch: int = 0, packs: Sequence[Sequence[int]] | None = None,
-                 label_source: str = "labels", pack_layout: str = "inline") -> None:
+                 label_source: str = "labels", pack_layout: str = "inline", redraw_yesno: bool = False) -> None:
         if label_source not in LABEL_SOURCES:
             raise ValueError(f"label_source {label_source!r} is not one of {LABEL_SOURCES}")
         if pack_layout not in PACK_LAYOUTS:
@@ -37,6 +38,7 @@ class RadFMDataset(Dataset):
         self.samples = list(samples)
         self.label_source = label_source
         self.pack_layout = pack_layout
+        self.redraw_yesno = redraw_yesno
         # packs: items made of several samples that share their images (see pack_samples); None = one each.
         self.packs = [list(p) for p in packs] if packs is not None else None
         self.data_root = data_root
@@ -67,6 +69,16 @@ class RadFMDataset(Dataset):
         return [prompts.image_position(rng, ref.position if not (self.train and ref.position in ("start", "end"))
                                        else None) for ref in sample.images]
 
+    def _training_turn(self, sample: Sample, rng: random.Random | None) -> tuple[str, str]:
+        """The (question, answer) a row is trained on: templates re-drawn, yes/no re-asked (``redraw_yesno``)."""
+        if rng is None:
+            return sample.question, sample.answer
+        if self.redraw_yesno:
+            turn = redraw_yesno(sample.meta, rng)
+            if turn is not None:
+                return turn
+        return prompts.training_question(sample.question, sample.meta, rng), sample.answer
+
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         i, epoch = key if isinstance(key, tuple) else (key, self.epoch)
         # A per-(seed, epoch, index) RNG keeps augmentation and prompts reproducible across workers.
@@ -74,10 +86,10 @@ class RadFMDataset(Dataset):
         if self.packs is not None:
             return self._packed_item(self.packs[i], rng)
         sample = self.samples[i]
-        question = prompts.training_question(sample.question, sample.meta, rng) if rng else sample.question
+        question, answer = self._training_turn(sample, rng)
         positions = self._image_positions(sample, rng)
         try:
-            enc = self.tokenizer.format_prompt(question, sample.answer, positions, max_length=self.max_length)
+            enc = self.tokenizer.format_prompt(question, answer, positions, max_length=self.max_length)
         except ValueError as exc:
             raise SampleError(sample.id, None, str(exc)) from None
         images = self.load_images(sample, rng)
@@ -93,8 +105,7 @@ class RadFMDataset(Dataset):
         """
         members = [self.samples[j] for j in pack]
         first = members[0]
-        turns = [(prompts.training_question(s.question, s.meta, rng) if rng else s.question, s.answer)
-                 for s in members]
+        turns = [self._training_turn(s, rng) for s in members]
         positions = None
         if self.pack_layout == "inline":
             positions = [self._image_positions(s, rng) for s in members]
@@ -268,6 +279,9 @@ class DataConfig:
     # Packed sequences: "inline" (each turn with its own image blocks, placed as unpacked samples place them)
     # or "shared" (the images once, first; cheaper, but trains only the images-first layout).
     pack_layout: str = "inline"
+    # Training only: re-draw which finding a MedMD-synth yes/no row asks about each time it is trained
+    # (radfm.data.synth.redraw_yesno); other rows and other datasets are untouched.
+    redraw_yesno: bool = False
 
     def __post_init__(self) -> None:
         if self.balance not in BALANCE_KEYS:
@@ -338,7 +352,8 @@ class RadFMDataModule(L.LightningDataModule):
                  packs: Sequence[Sequence[int]] | None = None) -> RadFMDataset:
         return RadFMDataset(samples, self.cfg.data_root, self.tokenizer, self.cfg.transform, train,
                             self.cfg.seed, self.cfg.max_length, self.cache, packs=packs,
-                            label_source=self.cfg.label_source, pack_layout=self.cfg.pack_layout)
+                            label_source=self.cfg.label_source, pack_layout=self.cfg.pack_layout,
+                            redraw_yesno=self.cfg.redraw_yesno)
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         samples = self.splits.get(split, [])

@@ -199,6 +199,28 @@ def _rows(scene: Scene, split: str, rel_path: str, cfg: SynthConfig, rng: random
     return rows
 
 
+def redraw_yesno(meta: dict[str, Any] | None, rng: random.Random) -> tuple[str, str] | None:
+    """A fresh yes/no question about the same image, for training: ``(question, answer)``, or None.
+
+    The manifest asks each image about one finding; re-drawing the asked finding every time the row is
+    trained (a present one or, half the time when the protocol allows, an absent one) shows the LM every
+    pairing of finding word and image instead of the same one each epoch — the binding of the question's word
+    to the image tokens is what yes/no needs and what ~400 fixed rows taught too slowly. Only rows of this
+    generator's ``yesno`` family (``meta`` with ``findings``, ``modality`` and ``body_part``) qualify.
+    """
+    if not meta or meta.get("family") != "yesno" or "findings" not in meta:
+        return None
+    spec = next((p for p in PROTOCOLS.values()
+                 if p.modality == meta.get("modality") and p.body_part == meta.get("body_part")), None)
+    if spec is None:
+        return None
+    present = sorted({str(f["type"]) for f in meta["findings"]})
+    absent = [t for t in spec.findings if t not in present]
+    say_yes = bool(present) and (not absent or rng.random() < 0.5)
+    finding = rng.choice(present if say_yes else absent)
+    return render("yesno", rng, finding=ARTICLE[finding]), "yes" if say_yes else "no"
+
+
 def generate(cfg: SynthConfig, out_dir: str | Path) -> Path:
     """Write MedMD-synth under ``out_dir``; returns the manifest path ``out_dir/manifest.jsonl``."""
     out = Path(out_dir)

@@ -40,7 +40,8 @@ def build_data_config(cfg: DictConfig) -> DataConfig:
                       transform=transform, balance=d.get("balance"),
                       pack_questions=bool(d.get("pack_questions", False)),
                       label_source=str(d.get("label_source", "labels")),
-                      pack_layout=str(d.get("pack_layout", "inline")))
+                      pack_layout=str(d.get("pack_layout", "inline")),
+                      redraw_yesno=bool(d.get("redraw_yesno", False)))
 
 
 def prepare_tokenizer(model_cfg: RadFMConfig, manifest: str | Path, out_dir: Path) -> RadFMTokenizer:

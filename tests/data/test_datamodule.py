@@ -151,3 +151,39 @@ def test_packed_questions_cover_every_train_row_once(synth_root, tokenizer, tmp_
             assert torch.isfinite(out["loss"])
     assert n_answers == len(train)  # every turn ends in its own EOS
     assert "segment_ids" not in next(iter(dm.val_dataloader()))
+
+
+def test_redraw_yesno_changes_the_trained_question_not_the_manifest(synth_root, tokenizer, tmp_path):
+    """redraw_yesno: a packed training item's yes/no turn asks about a re-drawn finding (so across epochs
+    the same image is asked about several), with the answer that is true for it; off, the finding is always
+    the manifest's; evaluation items are never re-drawn."""
+    from radfm.data.synth import ARTICLE
+
+    def yesno_turns(dm, epochs):
+        """(row, finding asked, answer) of every yes/no turn of every training pack, per epoch."""
+        ds = dm.train_dataloader().dataset
+        for epoch in range(epochs):
+            for i, pack in enumerate(ds.packs):
+                k = next((k for k, j in enumerate(pack) if ds.samples[j].meta["family"] == "yesno"), None)
+                if k is None:
+                    continue
+                enc = ds[(i, epoch)]["encoded"]
+                tokens = list(zip(enc.input_ids, enc.labels, enc.segments, strict=True))
+                text = tokenizer.decode([t for t, _, seg in tokens if seg == k + 1])
+                answer = tokenizer.decode([t for t, lab, seg in tokens if seg == k + 1 and lab != IGNORE_INDEX])
+                asked = [f for f, phrase in ARTICLE.items() if f" {phrase} " in f" {text} " or phrase + "?" in text]
+                assert len(asked) == 1, text
+                yield ds.samples[pack[k]], asked[0], answer
+
+    on = make_dm(synth_root, tokenizer, tmp_path / "on", pack_questions=True, max_length=512, redraw_yesno=True)
+    off = make_dm(synth_root, tokenizer, tmp_path / "off", pack_questions=True, max_length=512)
+    asked_on, asked_off = set(), set()
+    for dm, asked in ((on, asked_on), (off, asked_off)):
+        for row, finding, answer in yesno_turns(dm, 4):
+            assert answer.strip().split()[0] == ("yes" if finding in row.labels else "no"), (row.id, finding, answer)
+            asked.add((row.id, finding))
+    assert asked_off == {(r.id, r.meta["finding"]) for r in off.splits["train"] if r.meta["family"] == "yesno"}
+    assert len(asked_on) > len(asked_off)  # several findings per image over four epochs
+    val = on.val_dataloader().dataset
+    row = next(i for i, r in enumerate(val.samples) if r.meta["family"] == "yesno")
+    assert tokenizer.decode(val[row]["encoded"].input_ids).count(val.samples[row].question) == 1

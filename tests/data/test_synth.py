@@ -14,8 +14,17 @@ from PIL import Image
 
 from radfm.data.manifest import TASKS, read_manifest
 from radfm.data.prompts import TEMPLATES, render
-from radfm.data.synth import CHOICES, SynthConfig, generate, main, pixel_probe, report_findings, rouge_l
-from radfm.data.synth_scene import PROTOCOLS, VARIANTS, Lesion, Scene
+from radfm.data.synth import (
+    CHOICES,
+    SynthConfig,
+    generate,
+    main,
+    pixel_probe,
+    redraw_yesno,
+    report_findings,
+    rouge_l,
+)
+from radfm.data.synth_scene import FINDING_TYPES, PROTOCOLS, VARIANTS, Lesion, Scene
 from radfm.data.synth_scene import render as render_scene
 
 # 400 images: the smallest size at which the per-type linear probes have enough images per study type to
@@ -248,3 +257,29 @@ def test_every_protocol_appears(easy: Path) -> None:
         assert len(s["findings"]) <= 2
         assert len({f["type"] for f in s["findings"]}) == len(s["findings"])
         assert {f["type"] for f in s["findings"]} <= set(PROTOCOLS[s["protocol"]].findings)
+
+
+def test_redraw_yesno_asks_true_questions_about_the_same_image(easy: Path) -> None:
+    """Re-drawn yes/no turns: the answer is right for the finding asked, every finding of the protocol gets
+    asked, yes and no stay near balanced; other families and foreign rows are left alone (None)."""
+    rows = read_manifest(easy / "manifest.jsonl")
+    yesno = [r for r in rows if r.meta["family"] == "yesno"]
+    rng = random.Random(0)
+    asked: dict[str, set[str]] = defaultdict(set)
+    answers = []
+    for r in yesno:
+        for _ in range(4):
+            question, answer = redraw_yesno(r.meta, rng)
+            finding = next(t for t in FINDING_TYPES if f" {t}" in question)
+            assert answer == ("yes" if finding in r.labels else "no"), (r.id, question)
+            protocol = next(p for p in PROTOCOLS.values()
+                            if (p.modality, p.body_part) == (r.meta["modality"], r.meta["body_part"]))
+            assert finding in protocol.findings
+            asked[r.meta["modality"] + r.meta["body_part"]].add(finding)
+            answers.append(answer == "yes")
+    assert 0.35 <= np.mean(answers) <= 0.65
+    for p in PROTOCOLS.values():
+        assert asked[p.modality + p.body_part] == set(p.findings)
+    other = next(r for r in rows if r.meta["family"] == "diagnosis")
+    assert redraw_yesno(other.meta, rng) is None and redraw_yesno(None, rng) is None
+    assert redraw_yesno({**yesno[0].meta, "body_part": "knee"}, rng) is None
