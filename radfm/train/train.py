@@ -81,6 +81,18 @@ def train_label_names(manifest: str | Path, source: str = "labels") -> list[str]
     return sorted({name for s in samples if s.split == "train" for name in (label_names(s, source) or ())})
 
 
+def term_words(words: Any) -> list[str]:
+    """``term_extra`` as strings; YAML reads a bare ``yes``/``no`` as a boolean, which would silently weigh
+    the words "True"/"False" instead, so anything but a string is refused with how to write it."""
+    out = []
+    for w in words or ():
+        if not isinstance(w, str):
+            raise ValueError(f"term_extra holds {w!r} ({type(w).__name__}), not a word: quote it in YAML "
+                             f'(term_extra: ["yes", "no"]); on the command line term_extra=[yes,no] is fine')
+        out.append(w)
+    return out
+
+
 def build_module(cfg: DictConfig, model_cfg: RadFMConfig, tokenizer: RadFMTokenizer) -> RadFMLitModule:
     """The LightningModule as the composed config says (one process and every Ray worker alike)."""
     lr_scale = cfg.optim.get("lr_scale")
@@ -91,7 +103,7 @@ def build_module(cfg: DictConfig, model_cfg: RadFMConfig, tokenizer: RadFMTokeni
                           scheduler=instantiate(cfg.optim.scheduler), freeze=cfg.freeze,
                           lora=OmegaConf.to_container(cfg.lora) if cfg.lora else None,
                           term_weight=cfg.term_weight, seed=cfg.seed,
-                          term_extra=[str(w) for w in cfg.get("term_extra") or ()],
+                          term_extra=term_words(cfg.get("term_extra")),
                           loss_reduction=cfg.get("loss_reduction", "token"),
                           lr_scale=OmegaConf.to_container(lr_scale) if lr_scale else None,
                           label_names=names, label_head_weight=head_weight,

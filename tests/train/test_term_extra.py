@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from radfm.data.datamodule import Collator
@@ -30,3 +31,15 @@ def test_extra_words_take_the_term_weight(tiny_tokenizer):
     # a term of the list keeps its weight either way
     w_plain, _ = _weights(plain, tiny_tokenizer, "cyst")
     assert 5.0 in w_plain.tolist()
+
+
+def test_term_extra_refuses_yaml_booleans() -> None:
+    """A bare yes/no in YAML is a boolean: refused with how to quote it, never weighed as "True"."""
+    from omegaconf import OmegaConf
+
+    from radfm.train.train import term_words
+
+    assert term_words(OmegaConf.create({"t": ["yes", "no"]}).t) == ["yes", "no"]
+    assert term_words(None) == [] and term_words([]) == []
+    with pytest.raises(ValueError, match="quote it in YAML"):
+        term_words(OmegaConf.create("t: [yes, no]").t)
