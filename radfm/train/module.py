@@ -38,6 +38,32 @@ def patch_label_indices(names: Sequence[str], which: str = "findings") -> list[i
     return [j for j, n in enumerate(names) if n.split(" ", 1)[0] in types]
 
 
+LOSS_REDUCTIONS = ("token", "sample", "turn")
+
+
+def turn_mean(per_token: torch.Tensor, weights: torch.Tensor, segment_ids: torch.Tensor | None) -> torch.Tensor:
+    """Mean over answers of each answer's weighted mean loss; a packed row holds one answer per turn.
+
+    ``per_token``, ``weights``: B×(T−1), aligned with the targets (position t predicts token t + 1);
+    ``segment_ids``: B×T (0 prefix, k turn k, −1 padding) or None (one answer per row: the ``sample`` mean).
+    With packed questions the ``sample`` mean is a pack's token mean, where a one-token yes/no answer weighs
+    ~1/100 of the pack beside a 60-token report; here each turn counts once.
+    """
+    if segment_ids is None:
+        segments = (weights > 0).long()
+    else:
+        segments = segment_ids[:, 1:].clamp_min(0)  # the turn each predicted token belongs to
+    n_seg = int(segments.max()) + 1
+    key = (torch.arange(per_token.shape[0], device=per_token.device).unsqueeze(1) * n_seg + segments).flatten()
+    size = per_token.shape[0] * n_seg
+    num = per_token.new_zeros(size).index_add_(0, key, (per_token * weights).flatten())
+    den = per_token.new_zeros(size).index_add_(0, key, weights.flatten().to(per_token.dtype))
+    has = den > 0
+    if not bool(has.any()):
+        return per_token.sum() * 0.0
+    return (num[has] / den[has]).mean()
+
+
 class RadFMLitModule(L.LightningModule):
     """Wraps :class:`RadFMModel`. ``optimizer``/``scheduler`` are Hydra partials (params → optimizer,
     optimizer → LR scheduler stepped every optimisation step)."""
@@ -63,8 +89,8 @@ class RadFMLitModule(L.LightningModule):
         patch_labels: str = "findings",
     ) -> None:
         super().__init__()
-        if loss_reduction not in ("token", "sample"):
-            raise ValueError(f"loss_reduction must be 'token' or 'sample', got {loss_reduction!r}")
+        if loss_reduction not in LOSS_REDUCTIONS:
+            raise ValueError(f"loss_reduction must be one of {LOSS_REDUCTIONS}, got {loss_reduction!r}")
         self.lr_scale = {str(k): float(v) for k, v in (lr_scale or {}).items()}
         for prefix, scale in self.lr_scale.items():
             if scale < 0:
@@ -225,6 +251,8 @@ class RadFMLitModule(L.LightningModule):
             per_row = (per_token * weights).sum(1) / weights.sum(1).clamp_min(1.0)
             has_answer = weights.sum(1) > 0
             loss = per_row[has_answer].mean() if bool(has_answer.any()) else per_row.sum() * 0.0
+        elif self.loss_reduction == "turn":
+            loss = turn_mean(per_token, weights, batch.get("segment_ids"))
         else:
             loss = (per_token * weights).sum() / weights.sum().clamp_min(1.0)
         bs = labels.shape[0]

@@ -190,3 +190,31 @@ def test_lr_scale_groups_parameters_and_sets_base_rates(tiny_tokenizer):
         RadFMLitModule(presets.tiny(), tiny_tokenizer, lr_scale={"vison": 0.1}).param_groups()
     with pytest.raises(ValueError, match="must be >= 0"):
         RadFMLitModule(presets.tiny(), tiny_tokenizer, lr_scale={"vision": -1})
+
+
+def test_turn_loss_reduction_counts_every_packed_answer_once(tiny_tokenizer):
+    """turn: each answer of a packed row counts once (a one-word answer weighs what a long one does); on
+    unpacked rows it equals the sample mean."""
+    import torch
+
+    from radfm.train.module import turn_mean
+
+    tok = tiny_tokenizer
+    packed = tok.format_turns([("Is there a nodule?", "no"), ("Describe it.", "A left nodule. " * 5)], 0)
+    single = tok.format_prompt("Modality?", "CT", [])
+    batch = tok.pad([packed, single])
+    target = batch["labels"][:, 1:]
+    mask = (target != -100).float()
+    per_token = torch.rand(target.shape) * mask
+    seg = batch["segment_ids"][:, 1:]
+    means = []
+    for row, turns in ((0, (1, 2)), (1, (1,))):
+        for k in turns:
+            m = mask[row] * (seg[row] == k)
+            assert m.sum() > 0
+            means.append(float((per_token[row] * m).sum() / m.sum()))
+    assert float(turn_mean(per_token, mask, batch["segment_ids"])) == pytest.approx(sum(means) / 3, rel=1e-5)
+    # Without segments every row is one answer: the sample mean.
+    rows = (per_token * mask).sum(1) / mask.sum(1)
+    assert float(turn_mean(per_token, mask, None)) == pytest.approx(float(rows.mean()), rel=1e-5)
+    assert float(turn_mean(per_token, mask * 0, batch["segment_ids"])) == 0.0
