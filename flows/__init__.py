@@ -15,5 +15,9 @@ os.environ.setdefault("PREFECT_HOME", str(radfm_home() / "prefect"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # Persisted results are what lets a failed run resume from the failed task instead of retraining.
 os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "true")
+# Prefect's ephemeral API (no PREFECT_API_URL) must answer within 20 s by default; on a fresh RADFM_HOME its
+# database is created first, and on a loaded 2-core VM that start once took longer ("Timed out while attempting
+# to connect to ephemeral Prefect API server"), failing `make demo` before its first task.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 # One Prefect log line per event is enough; Lightning/MLflow loggers already print theirs.
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")

@@ -26,6 +26,23 @@ def test_import_sets_offline_defaults_without_overriding():
     assert out.stdout.split() == ["1", "true", "false", "user", "0"]
 
 
+def test_flows_give_prefect_its_home_and_a_patient_startup(tmp_path):
+    """Importing ``flows`` (before Prefect): its files under RADFM_HOME, a 120 s start for the ephemeral API
+    (its 20 s default was once too short on a loaded 2-core VM), and a user's own setting kept."""
+    code = ("import os; os.environ['PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS']='7'; import flows; "
+            "from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as t; "
+            "print(os.environ['PREFECT_HOME'], t.value())")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["RADFM_HOME"] = str(tmp_path)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                         cwd=ROOT)
+    assert out.stdout.split() == [str(tmp_path / "prefect"), "7"]
+    code = code.replace("os.environ['PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS']='7'; ", "")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                         cwd=ROOT)
+    assert out.stdout.split()[1] == "120"
+
+
 @pytest.mark.parametrize("name", ["tiny", "small", "base"])
 def test_hydra_model_configs_mirror_presets(name):
     from hydra.utils import instantiate
