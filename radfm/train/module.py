@@ -248,9 +248,7 @@ class RadFMLitModule(L.LightningModule):
             # Every answer counts once, whatever its length. With the token mean (RadFM's) a 60-token templated
             # report outweighs thirty one-word closed answers, and the model can lower most of the loss by
             # modelling report text without looking at the image.
-            per_row = (per_token * weights).sum(1) / weights.sum(1).clamp_min(1.0)
-            has_answer = weights.sum(1) > 0
-            loss = per_row[has_answer].mean() if bool(has_answer.any()) else per_row.sum() * 0.0
+            loss = turn_mean(per_token, weights, None)
         elif self.loss_reduction == "turn":
             loss = turn_mean(per_token, weights, batch.get("segment_ids"))
         else:
