@@ -33,8 +33,9 @@ if str(ROOT) not in sys.path:
 from bench._common import reference_cnn, training_parts, write_json  # noqa: E402
 
 
-def head_scores(module: Any, images: list[Any], views: int) -> Any:
-    """The label head's logit for each image, averaged over the first ``views`` of TTA_VIEWS."""
+def head_scores(module: Any, images: list[Any], views: int, patch: bool = False) -> Any:
+    """The label head's logit for each image (``patch``: the patch head's, on the max-pooled ViT patch tokens),
+    averaged over the first ``views`` of TTA_VIEWS."""
     import numpy as np
     import torch
 
@@ -45,8 +46,12 @@ def head_scores(module: Any, images: list[Any], views: int) -> Any:
         for view in TTA_VIEWS[:views]:
             for i in range(0, len(images), 128):
                 batch = torch.stack([view_image(x, view) for x in images[i:i + 128]])
-                tokens = module.model.vision(batch)  # N×K×hidden
-                total[i:i + len(batch)] += module.label_head(tokens.mean(dim=1))[:, 0].numpy()
+                if patch:
+                    _, pooled = module.model.vision(batch, patch_max=True)  # N×width
+                    total[i:i + len(batch)] += module.patch_head(pooled)[:, 0].numpy()
+                else:
+                    tokens = module.model.vision(batch)  # N×K×hidden
+                    total[i:i + len(batch)] += module.label_head(tokens.mean(dim=1))[:, 0].numpy()
     return total / views
 
 
@@ -55,6 +60,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--lr", type=float, default=5e-4, help="the vision side's rate (the head learns at 1e-3)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--encoder-lr", type=float, default=None, help="the ViT's own rate (default: --lr)")
     parser.add_argument("--cnn", type=int, default=0, help="C > 0: the plain reference CNN instead of the vision side")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", default=None, help="default: bench/results/vision_warmup-<name>.json")
@@ -81,7 +87,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     n_params = sum(p.numel() for p in module.model.vision.parameters())
     t0 = time.perf_counter()
     stats = warm_up_vision(module, dm.train_dataloader(), args.steps, args.lr,
-                           weight_decay=float(cfg.optim.weight_decay), head_lr=1e-3)
+                           weight_decay=float(cfg.optim.weight_decay), head_lr=1e-3,
+                           encoder_lr=args.encoder_lr)
     train_s = time.perf_counter() - t0
     module.eval()
     rows = binary_samples(read_manifest(data_cfg.manifest))
@@ -95,10 +102,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             h = head_scores(module, images, views)
             result[f"{split}_auc_tta{views}"] = auc(h.tolist(), y.tolist())
             result[f"{split}_acc_tta{views}"] = float(np.mean((h >= 0) == y))
+            if getattr(module, "patch_head", None) is not None:
+                h = head_scores(module, images, views, patch=True)
+                result[f"{split}_patch_auc_tta{views}"] = auc(h.tolist(), y.tolist())
+                result[f"{split}_patch_acc_tta{views}"] = float(np.mean((h >= 0) == y))
     name = f"cnn{args.cnn}" if args.cnn else "vit"
     out = {"benchmark": "vision_warmup", "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
            "command": " ".join(["python bench/vision_warmup.py", f"--steps {args.steps}", f"--lr {args.lr}",
-                                f"--seed {args.seed}", f"--cnn {args.cnn}", *args.overrides]),
+                                f"--seed {args.seed}", f"--cnn {args.cnn}",
+                                *([f"--encoder-lr {args.encoder_lr}"] if args.encoder_lr else []), *args.overrides]),
            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": args.threads},
            "vision": name, "vision_params": n_params, "steps": args.steps, "train_s": train_s,
            "first_loss": stats["first_loss"], "last_loss": stats["last_loss"], **result}
@@ -107,6 +119,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"{name:>8} {n_params:>8} {args.steps:>6} {train_s:>8.0f} | {result['val_auc_tta1']:>8.4f} "
           f"{result['test_auc_tta1']:>8.4f} {result['test_acc_tta1']:>8.3f} | {result['val_auc_tta8']:>8.4f} "
           f"{result['test_auc_tta8']:>8.4f} {result['test_acc_tta8']:>8.3f}")
+    if "val_patch_auc_tta1" in result:
+        print(f"{'patch':>8} {'head':>8} {args.steps:>6} {train_s:>8.0f} | {result['val_patch_auc_tta1']:>8.4f} "
+              f"{result['test_patch_auc_tta1']:>8.4f} {result['test_patch_acc_tta1']:>8.3f} | "
+              f"{result['val_patch_auc_tta8']:>8.4f} {result['test_patch_auc_tta8']:>8.4f} "
+              f"{result['test_patch_acc_tta8']:>8.3f}")
     write_json(args.json or ROOT / "bench" / "results" / f"vision_warmup-{name}.json", out)
     return out
 

@@ -17,7 +17,7 @@ from radfm.data import prompts
 from radfm.data.errors import Quarantine, SampleError, check_on_error
 from radfm.data.manifest import Sample, read_manifest, resolve_image_path
 from radfm.data.sampler import ModalityBatchSampler
-from radfm.data.synth import redraw_yesno
+from radfm.data.synth import contrast_yesno, redraw_yesno
 from radfm.data.transforms import TransformConfig, preprocess
 from radfm.model.tokenizer import RadFMTokenizer
 
@@ -30,7 +30,8 @@ class RadFMDataset(Dataset):
     def __init__(self, samples: Sequence[Sample], data_root: str | Path, tokenizer: RadFMTokenizer,
                  transform: TransformConfig, train: bool, seed: int = 0, max_length: int | None = None,
                  cache: Any = None, epoch: int = 0, packs: Sequence[Sequence[int]] | None = None,
-                 label_source: str = "labels", pack_layout: str = "inline", redraw_yesno: bool = False) -> None:
+                 label_source: str = "labels", pack_layout: str = "inline", redraw_yesno: bool = False,
+                 contrast_yesno: bool = False) -> None:
         if label_source not in LABEL_SOURCES:
             raise ValueError(f"label_source {label_source!r} is not one of {LABEL_SOURCES}")
         if pack_layout not in PACK_LAYOUTS:
@@ -39,6 +40,7 @@ class RadFMDataset(Dataset):
         self.label_source = label_source
         self.pack_layout = pack_layout
         self.redraw_yesno = redraw_yesno
+        self.contrast_yesno = contrast_yesno
         # packs: items made of several samples that share their images (see pack_samples); None = one each.
         self.packs = [list(p) for p in packs] if packs is not None else None
         self.data_root = data_root
@@ -79,6 +81,26 @@ class RadFMDataset(Dataset):
                 return turn
         return prompts.training_question(sample.question, sample.meta, rng), sample.answer
 
+    def _with_twins(self, members: Sequence[Sample], turns: list[tuple[str, str]], positions: list[Any] | None,
+                    rng: random.Random) -> tuple[list[tuple[str, str]], list[Any] | None]:
+        """Each yes/no turn followed by its twin (``contrast_yesno``): the same image, the other answer.
+
+        The twin takes its turn's image positions. A pack that no longer fits ``max_length`` falls back, in
+        ``_packed_item``, to the manifest's turns without twins, as for a long re-drawn template.
+        """
+        out_turns: list[tuple[str, str]] = []
+        out_pos: list[Any] = []
+        for k, (sample, turn) in enumerate(zip(members, turns, strict=True)):
+            out_turns.append(turn)
+            if positions is not None:
+                out_pos.append(positions[k])
+            twin = contrast_yesno(sample.meta, turn[1], rng)
+            if twin is not None:
+                out_turns.append(twin)
+                if positions is not None:
+                    out_pos.append(positions[k])
+        return out_turns, (out_pos if positions is not None else None)
+
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         i, epoch = key if isinstance(key, tuple) else (key, self.epoch)
         # A per-(seed, epoch, index) RNG keeps augmentation and prompts reproducible across workers.
@@ -109,6 +131,8 @@ class RadFMDataset(Dataset):
         positions = None
         if self.pack_layout == "inline":
             positions = [self._image_positions(s, rng) for s in members]
+        if self.contrast_yesno and rng is not None:
+            turns, positions = self._with_twins(members, turns, positions, rng)
         n = len(first.images)
         try:
             enc = self.tokenizer.format_turns(turns, n, max_length=self.max_length, positions=positions)
@@ -282,8 +306,13 @@ class DataConfig:
     # Training only: re-draw which finding a MedMD-synth yes/no row asks about each time it is trained
     # (radfm.data.synth.redraw_yesno); other rows and other datasets are untouched.
     redraw_yesno: bool = False
+    # Training only, packed MedMD-synth: each yes/no turn is followed in its pack by a twin about the same
+    # image with the other answer (radfm.data.synth.contrast_yesno); needs pack_questions.
+    contrast_yesno: bool = False
 
     def __post_init__(self) -> None:
+        if self.contrast_yesno and not self.pack_questions:
+            raise ValueError("data contrast_yesno needs data pack_questions: the twin is a turn of its row's pack")
         if self.balance not in BALANCE_KEYS:
             raise ValueError(f"data balance {self.balance!r} is not one of {BALANCE_KEYS}")
         if self.label_source not in LABEL_SOURCES:
@@ -353,7 +382,7 @@ class RadFMDataModule(L.LightningDataModule):
         return RadFMDataset(samples, self.cfg.data_root, self.tokenizer, self.cfg.transform, train,
                             self.cfg.seed, self.cfg.max_length, self.cache, packs=packs,
                             label_source=self.cfg.label_source, pack_layout=self.cfg.pack_layout,
-                            redraw_yesno=self.cfg.redraw_yesno)
+                            redraw_yesno=self.cfg.redraw_yesno, contrast_yesno=self.cfg.contrast_yesno)
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         samples = self.splits.get(split, [])

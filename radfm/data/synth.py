@@ -208,17 +208,47 @@ def redraw_yesno(meta: dict[str, Any] | None, rng: random.Random) -> tuple[str, 
     to the image tokens is what yes/no needs and what ~400 fixed rows taught too slowly. Only rows of this
     generator's ``yesno`` family (``meta`` with ``findings``, ``modality`` and ``body_part``) qualify.
     """
-    if not meta or meta.get("family") != "yesno" or "findings" not in meta:
-        return None
-    spec = next((p for p in PROTOCOLS.values()
-                 if p.modality == meta.get("modality") and p.body_part == meta.get("body_part")), None)
+    spec = _protocol_of(meta)
     if spec is None:
         return None
-    present = sorted({str(f["type"]) for f in meta["findings"]})
-    absent = [t for t in spec.findings if t not in present]
+    present, absent = _present_absent(meta, spec)
     say_yes = bool(present) and (not absent or rng.random() < 0.5)
     finding = rng.choice(present if say_yes else absent)
     return render("yesno", rng, finding=ARTICLE[finding]), "yes" if say_yes else "no"
+
+
+def _protocol_of(meta: dict[str, Any] | None) -> Any:
+    """The protocol a generator ``yesno`` row was drawn under, or None for any other row."""
+    if not meta or meta.get("family") != "yesno" or "findings" not in meta:
+        return None
+    return next((p for p in PROTOCOLS.values()
+                 if p.modality == meta.get("modality") and p.body_part == meta.get("body_part")), None)
+
+
+def _present_absent(meta: dict[str, Any], spec: Any) -> tuple[list[str], list[str]]:
+    """The finding types an image holds and those its protocol allows that it lacks, both sorted."""
+    present = sorted({str(f["type"]) for f in meta["findings"]})
+    return present, [t for t in spec.findings if t not in present]
+
+
+def contrast_yesno(meta: dict[str, Any] | None, answer: str, rng: random.Random) -> tuple[str, str] | None:
+    """The twin of a yes/no row, for training: the same image asked about a finding with the other answer.
+
+    A "yes" row (its finding is present) gets a "no" question about a finding the protocol allows and the
+    image lacks; a "no" row gets a "yes" question about a finding the image holds. None when there is no
+    such finding (no lesion at all, or every finding present) or the row is not this generator's yes/no.
+    Why: packed beside the row, on the same image tokens and template, only the finding word decides the
+    answer; the model that says "yes" whenever *some* lesion is there pays for it in every such pair.
+    """
+    spec = _protocol_of(meta)
+    if spec is None or answer not in ("yes", "no"):
+        return None
+    present, absent = _present_absent(meta or {}, spec)
+    pool = absent if answer == "yes" else present
+    if not pool:
+        return None
+    twin = "no" if answer == "yes" else "yes"
+    return render("yesno", rng, finding=ARTICLE[rng.choice(pool)]), twin
 
 
 def generate(cfg: SynthConfig, out_dir: str | Path) -> Path:

@@ -41,7 +41,8 @@ def build_data_config(cfg: DictConfig) -> DataConfig:
                       pack_questions=bool(d.get("pack_questions", False)),
                       label_source=str(d.get("label_source", "labels")),
                       pack_layout=str(d.get("pack_layout", "inline")),
-                      redraw_yesno=bool(d.get("redraw_yesno", False)))
+                      redraw_yesno=bool(d.get("redraw_yesno", False)),
+                      contrast_yesno=bool(d.get("contrast_yesno", False)))
 
 
 def prepare_tokenizer(model_cfg: RadFMConfig, manifest: str | Path, out_dir: Path) -> RadFMTokenizer:

@@ -187,3 +187,51 @@ def test_redraw_yesno_changes_the_trained_question_not_the_manifest(synth_root, 
     val = on.val_dataloader().dataset
     row = next(i for i, r in enumerate(val.samples) if r.meta["family"] == "yesno")
     assert tokenizer.decode(val[row]["encoded"].input_ids).count(val.samples[row].question) == 1
+
+
+def test_contrast_yesno_packs_a_twin_with_the_other_answer(synth_root, tokenizer, tmp_path):
+    """contrast_yesno: in a training pack each yes/no turn is followed by a turn about the same image with the
+    other answer, true for the image (when the protocol has such a finding); other turns are as without the
+    option; evaluation items are untouched; without packing the option is refused."""
+    from radfm.data.synth import ARTICLE, PROTOCOLS
+
+    def turns(ds, i):
+        """(text, first answer word) of each turn of training pack i, epoch 0."""
+        enc = ds[(i, 0)]["encoded"]
+        tokens = list(zip(enc.input_ids, enc.labels, enc.segments, strict=True))
+        n = max(seg for _, _, seg in tokens)
+        return [(tokenizer.decode([t for t, _, seg in tokens if seg == k]),
+                 tokenizer.decode([t for t, lab, seg in tokens if seg == k and lab != IGNORE_INDEX]).split()[0])
+                for k in range(1, n + 1)]
+
+    on = make_dm(synth_root, tokenizer, tmp_path / "on", pack_questions=True, max_length=512, contrast_yesno=True)
+    off = make_dm(synth_root, tokenizer, tmp_path / "off", pack_questions=True, max_length=512)
+    ds, ds_off = on.train_dataloader().dataset, off.train_dataloader().dataset
+    assert ds.packs == ds_off.packs
+    twins = {"yes": 0, "no": 0}
+    for i, pack in enumerate(ds.packs):
+        got, plain = turns(ds, i), turns(ds_off, i)
+        k = 0
+        for j, row in enumerate(ds.samples[p] for p in pack):
+            assert got[k] == plain[j]  # the row's own turn, as drawn without the option
+            k += 1
+            if row.meta["family"] != "yesno":
+                continue
+            spec = next(p for p in PROTOCOLS.values()
+                        if (p.modality, p.body_part) == (row.meta["modality"], row.meta["body_part"]))
+            present = {f["type"] for f in row.meta["findings"]}
+            if not (set(spec.findings) - present if row.answer == "yes" else present):
+                continue  # no finding with the other answer: no twin
+            text, answer = got[k]
+            asked = [f for f, phrase in ARTICLE.items() if phrase + "?" in text or f" {phrase} " in text]
+            assert len(asked) == 1, text
+            assert answer != row.answer and answer == ("yes" if asked[0] in present else "no"), (row.id, text)
+            twins[answer] += 1
+            k += 1
+        assert k == len(got)
+    assert twins["yes"] > 0 and twins["no"] > 0
+    val = on.val_dataloader().dataset
+    row = next(i for i, r in enumerate(val.samples) if r.meta["family"] == "yesno")
+    assert tokenizer.decode(val[row]["encoded"].input_ids).count("?") == val.samples[row].question.count("?")
+    with pytest.raises(ValueError, match="pack_questions"):
+        DataConfig(manifest="m.jsonl", data_root=".", contrast_yesno=True)

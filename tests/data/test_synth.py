@@ -17,6 +17,7 @@ from radfm.data.prompts import TEMPLATES, render
 from radfm.data.synth import (
     CHOICES,
     SynthConfig,
+    contrast_yesno,
     generate,
     main,
     pixel_probe,
@@ -283,3 +284,32 @@ def test_redraw_yesno_asks_true_questions_about_the_same_image(easy: Path) -> No
     other = next(r for r in rows if r.meta["family"] == "diagnosis")
     assert redraw_yesno(other.meta, rng) is None and redraw_yesno(None, rng) is None
     assert redraw_yesno({**yesno[0].meta, "body_part": "knee"}, rng) is None
+
+
+def test_contrast_yesno_asks_the_same_image_with_the_other_answer(easy: Path) -> None:
+    """The twin of a yes row asks about an absent finding of the protocol ("no"), of a no row about a present
+    one ("yes"), and is true for the image; None without such a finding or for other rows."""
+    rows = read_manifest(easy / "manifest.jsonl")
+    yesno = [r for r in rows if r.meta["family"] == "yesno"]
+    rng = random.Random(0)
+    twins = {"yes": 0, "no": 0}
+    for r in yesno:
+        protocol = next(p for p in PROTOCOLS.values()
+                        if (p.modality, p.body_part) == (r.meta["modality"], r.meta["body_part"]))
+        present = {f["type"] for f in r.meta["findings"]}
+        twin = contrast_yesno(r.meta, r.answer, rng)
+        pool = (set(protocol.findings) - present) if r.answer == "yes" else present
+        if not pool:
+            assert twin is None, r.id
+            continue
+        question, answer = twin
+        assert answer == ("no" if r.answer == "yes" else "yes")
+        finding = next(t for t in FINDING_TYPES if f" {t}" in question)
+        assert finding in pool and answer == ("yes" if finding in r.labels else "no"), (r.id, question)
+        twins[answer] += 1
+    assert twins["yes"] > 0 and twins["no"] > 0
+    lesionless = next(r for r in yesno if not r.meta["findings"])
+    assert contrast_yesno(lesionless.meta, "no", rng) is None  # nothing present to say yes about
+    other = next(r for r in rows if r.meta["family"] == "diagnosis")
+    assert contrast_yesno(other.meta, "yes", rng) is None and contrast_yesno(None, "yes", rng) is None
+    assert contrast_yesno(yesno[0].meta, "maybe", rng) is None
