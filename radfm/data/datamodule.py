@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ from radfm.data import prompts
 from radfm.data.errors import Quarantine, SampleError, check_on_error
 from radfm.data.manifest import Sample, read_manifest, resolve_image_path
 from radfm.data.sampler import ModalityBatchSampler
-from radfm.data.synth import contrast_yesno, redraw_yesno
+from radfm.data.synth import contrast_yesno, every_yesno, extra_yesno_count, redraw_yesno
 from radfm.data.transforms import TransformConfig, preprocess
 from radfm.model.tokenizer import RadFMTokenizer
 
@@ -31,16 +31,18 @@ class RadFMDataset(Dataset):
                  transform: TransformConfig, train: bool, seed: int = 0, max_length: int | None = None,
                  cache: Any = None, epoch: int = 0, packs: Sequence[Sequence[int]] | None = None,
                  label_source: str = "labels", pack_layout: str = "inline", redraw_yesno: bool = False,
-                 contrast_yesno: bool = False) -> None:
+                 yesno_extra: str = "none") -> None:
         if label_source not in LABEL_SOURCES:
             raise ValueError(f"label_source {label_source!r} is not one of {LABEL_SOURCES}")
         if pack_layout not in PACK_LAYOUTS:
             raise ValueError(f"pack_layout {pack_layout!r} is not one of {PACK_LAYOUTS}")
+        if yesno_extra not in YESNO_EXTRA:
+            raise ValueError(f"yesno_extra {yesno_extra!r} is not one of {YESNO_EXTRA}")
         self.samples = list(samples)
         self.label_source = label_source
         self.pack_layout = pack_layout
         self.redraw_yesno = redraw_yesno
-        self.contrast_yesno = contrast_yesno
+        self.yesno_extra = yesno_extra
         # packs: items made of several samples that share their images (see pack_samples); None = one each.
         self.packs = [list(p) for p in packs] if packs is not None else None
         self.data_root = data_root
@@ -81,25 +83,22 @@ class RadFMDataset(Dataset):
                 return turn
         return prompts.training_question(sample.question, sample.meta, rng), sample.answer
 
-    def _with_twins(self, members: Sequence[Sample], turns: list[tuple[str, str]], positions: list[Any] | None,
-                    rng: random.Random) -> tuple[list[tuple[str, str]], list[Any] | None]:
-        """Each yes/no turn followed by its twin (``contrast_yesno``): the same image, the other answer.
+    def _extra_turns(self, members: Sequence[Sample], turns: list[tuple[str, str]],
+                     rng: random.Random) -> list[tuple[int, tuple[str, str]]]:
+        """(index of the turn it follows, turn) of each extra yes/no turn (``yesno_extra``), in pack order.
 
-        The twin takes its turn's image positions. A pack that no longer fits ``max_length`` falls back, in
-        ``_packed_item``, to the manifest's turns without twins, as for a long re-drawn template.
+        ``twin``: after each yes/no turn, one about the same image with the other answer
+        (:func:`radfm.data.synth.contrast_yesno`); ``all``: after it, one about each other finding of the
+        protocol (:func:`radfm.data.synth.every_yesno`).
         """
-        out_turns: list[tuple[str, str]] = []
-        out_pos: list[Any] = []
+        extra: list[tuple[int, tuple[str, str]]] = []
         for k, (sample, turn) in enumerate(zip(members, turns, strict=True)):
-            out_turns.append(turn)
-            if positions is not None:
-                out_pos.append(positions[k])
-            twin = contrast_yesno(sample.meta, turn[1], rng)
-            if twin is not None:
-                out_turns.append(twin)
-                if positions is not None:
-                    out_pos.append(positions[k])
-        return out_turns, (out_pos if positions is not None else None)
+            if self.yesno_extra == "twin":
+                twin = contrast_yesno(sample.meta, turn[1], rng)
+                extra += [(k, twin)] if twin is not None else []
+            elif self.yesno_extra == "all":
+                extra += [(k, t) for t in every_yesno(sample.meta, rng)]
+        return extra
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         i, epoch = key if isinstance(key, tuple) else (key, self.epoch)
@@ -131,12 +130,22 @@ class RadFMDataset(Dataset):
         positions = None
         if self.pack_layout == "inline":
             positions = [self._image_positions(s, rng) for s in members]
-        if self.contrast_yesno and rng is not None:
-            turns, positions = self._with_twins(members, turns, positions, rng)
+        extra = self._extra_turns(members, turns, rng) if self.yesno_extra != "none" and rng is not None else []
         n = len(first.images)
-        try:
-            enc = self.tokenizer.format_turns(turns, n, max_length=self.max_length, positions=positions)
-        except ValueError:
+        enc = None
+        # Extra yes/no turns go in while the pack fits max_length (pack_samples measured it without them): the
+        # last ones are left out first; they are augmentation, the manifest's rows are all kept.
+        for keep in range(len(extra), -1, -1):
+            order = sorted([(k, 0, turns[k], None if positions is None else positions[k]) for k in range(len(turns))]
+                           + [(k, 1 + e, turn, None if positions is None else positions[k])
+                              for e, (k, turn) in enumerate(extra[:keep])], key=lambda t: (t[0], t[1]))
+            try:
+                enc = self.tokenizer.format_turns([t[2] for t in order], n, max_length=self.max_length,
+                                                  positions=None if positions is None else [t[3] for t in order])
+                break
+            except ValueError:
+                continue
+        if enc is None:
             # A re-drawn template can be a few tokens longer than the manifest's question, which
             # pack_samples measured: fall back to those (they fit), rather than drop or cut a turn.
             try:
@@ -153,6 +162,8 @@ class RadFMDataset(Dataset):
 
 LABEL_SOURCES = ("labels", "findings", "scene")
 PACK_LAYOUTS = ("inline", "shared")  # see RadFMTokenizer.format_turns
+YESNO_EXTRA = ("none", "twin", "all")  # extra yes/no turns in training packs (see RadFMDataset._extra_turns)
+TEMPLATE_SLACK = 8  # tokens kept per extra turn beyond its row's own: another template may be a little longer
 
 
 def label_names(sample: Sample, source: str = "labels") -> list[str] | None:
@@ -188,12 +199,14 @@ PACKED_TASK = "packed"  # the task logged for a packed training row (its turns m
 
 
 def pack_samples(samples: Sequence[Sample], tokenizer: RadFMTokenizer, max_length: int | None,
-                 layout: str = "inline") -> list[list[int]]:
+                 layout: str = "inline", extra_turns: Callable[[Sample], int] | None = None) -> list[list[int]]:
     """Group the indices of samples that ask about the same images, each group within ``max_length`` tokens.
 
     Samples with the same image list (paths and kinds, in order) and at least one image are packed in manifest
     order; a group that would exceed ``max_length`` (measured with the manifest's questions) is cut into
-    several packs. Text-only samples stay alone. Every sample lands in exactly one pack.
+    several packs. Text-only samples stay alone. Every sample lands in exactly one pack. ``extra_turns``: how
+    many extra turns of about its own size a sample will bring at training time (``yesno_extra``); their room
+    is kept (with a few tokens to spare for a longer template), so that the extras fit.
     """
     groups: dict[tuple[tuple[str, str], ...], list[int]] = {}
     packs: list[list[int]] = []
@@ -212,6 +225,8 @@ def pack_samples(samples: Sequence[Sample], tokenizer: RadFMTokenizer, max_lengt
         for i in idx:
             cost = len(tokenizer.format_prompt(samples[i].question, samples[i].answer,
                                                ["start"] * n_images).input_ids) - prefix
+            if extra_turns is not None:
+                cost += extra_turns(samples[i]) * (cost + TEMPLATE_SLACK)
             if current and max_length is not None and used + cost > max_length:
                 packs.append(current)
                 current, used = [], prefix
@@ -306,13 +321,17 @@ class DataConfig:
     # Training only: re-draw which finding a MedMD-synth yes/no row asks about each time it is trained
     # (radfm.data.synth.redraw_yesno); other rows and other datasets are untouched.
     redraw_yesno: bool = False
-    # Training only, packed MedMD-synth: each yes/no turn is followed in its pack by a twin about the same
-    # image with the other answer (radfm.data.synth.contrast_yesno); needs pack_questions.
-    contrast_yesno: bool = False
+    # Training only, packed MedMD-synth: extra yes/no turns after each yes/no turn of a pack, about the same
+    # image: "none", "twin" (one with the other answer, radfm.data.synth.contrast_yesno) or "all" (one per
+    # other finding of the protocol, radfm.data.synth.every_yesno); needs pack_questions.
+    yesno_extra: str = "none"
 
     def __post_init__(self) -> None:
-        if self.contrast_yesno and not self.pack_questions:
-            raise ValueError("data contrast_yesno needs data pack_questions: the twin is a turn of its row's pack")
+        if self.yesno_extra not in YESNO_EXTRA:
+            raise ValueError(f"data yesno_extra {self.yesno_extra!r} is not one of {YESNO_EXTRA}")
+        if self.yesno_extra != "none" and not self.pack_questions:
+            raise ValueError(f"data yesno_extra={self.yesno_extra} needs data pack_questions: the extra yes/no "
+                             "turns are turns of their row's pack")
         if self.balance not in BALANCE_KEYS:
             raise ValueError(f"data balance {self.balance!r} is not one of {BALANCE_KEYS}")
         if self.label_source not in LABEL_SOURCES:
@@ -382,13 +401,15 @@ class RadFMDataModule(L.LightningDataModule):
         return RadFMDataset(samples, self.cfg.data_root, self.tokenizer, self.cfg.transform, train,
                             self.cfg.seed, self.cfg.max_length, self.cache, packs=packs,
                             label_source=self.cfg.label_source, pack_layout=self.cfg.pack_layout,
-                            redraw_yesno=self.cfg.redraw_yesno, contrast_yesno=self.cfg.contrast_yesno)
+                            redraw_yesno=self.cfg.redraw_yesno, yesno_extra=self.cfg.yesno_extra)
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         samples = self.splits.get(split, [])
         if not samples:
             raise ValueError(f"the {split} split of {self.cfg.manifest} is empty")
-        packs = (pack_samples(samples, self.tokenizer, self.cfg.max_length, self.cfg.pack_layout)
+        extra = (None if self.cfg.yesno_extra == "none" or not train
+                 else lambda s: extra_yesno_count(s.meta, s.answer, self.cfg.yesno_extra))
+        packs = (pack_samples(samples, self.tokenizer, self.cfg.max_length, self.cfg.pack_layout, extra)
                  if train and self.cfg.pack_questions else None)
         ds = self._dataset(samples, train, packs)
         # The sampler sees one entry per item: a pack is 3D / of a class as its first sample is.

@@ -42,7 +42,7 @@ def build_data_config(cfg: DictConfig) -> DataConfig:
                       label_source=str(d.get("label_source", "labels")),
                       pack_layout=str(d.get("pack_layout", "inline")),
                       redraw_yesno=bool(d.get("redraw_yesno", False)),
-                      contrast_yesno=bool(d.get("contrast_yesno", False)))
+                      yesno_extra=str(d.get("yesno_extra", "none")))
 
 
 def prepare_tokenizer(model_cfg: RadFMConfig, manifest: str | Path, out_dir: Path) -> RadFMTokenizer:

@@ -189,10 +189,12 @@ def test_redraw_yesno_changes_the_trained_question_not_the_manifest(synth_root, 
     assert tokenizer.decode(val[row]["encoded"].input_ids).count(val.samples[row].question) == 1
 
 
-def test_contrast_yesno_packs_a_twin_with_the_other_answer(synth_root, tokenizer, tmp_path):
-    """contrast_yesno: in a training pack each yes/no turn is followed by a turn about the same image with the
-    other answer, true for the image (when the protocol has such a finding); other turns are as without the
-    option; evaluation items are untouched; without packing the option is refused."""
+@pytest.mark.parametrize("mode", ["twin", "all"])
+def test_yesno_extra_packs_turns_about_the_same_image(synth_root, tokenizer, tmp_path, mode):
+    """yesno_extra: in a training pack each yes/no turn is followed by extra turns about the same image, each
+    answer true for the image — "twin": one with the other answer (when the protocol has such a finding);
+    "all": one per other finding of the protocol. The rows' own turns are as without the option; evaluation
+    items are untouched; without packing the option is refused."""
     from radfm.data.synth import ARTICLE, PROTOCOLS
 
     def turns(ds, i):
@@ -204,11 +206,11 @@ def test_contrast_yesno_packs_a_twin_with_the_other_answer(synth_root, tokenizer
                  tokenizer.decode([t for t, lab, seg in tokens if seg == k and lab != IGNORE_INDEX]).split()[0])
                 for k in range(1, n + 1)]
 
-    on = make_dm(synth_root, tokenizer, tmp_path / "on", pack_questions=True, max_length=512, contrast_yesno=True)
-    off = make_dm(synth_root, tokenizer, tmp_path / "off", pack_questions=True, max_length=512)
-    ds, ds_off = on.train_dataloader().dataset, off.train_dataloader().dataset
-    assert ds.packs == ds_off.packs
-    twins = {"yes": 0, "no": 0}
+    on = make_dm(synth_root, tokenizer, tmp_path / "on", pack_questions=True, max_length=1024, yesno_extra=mode)
+    off = make_dm(synth_root, tokenizer, tmp_path / "off", pack_questions=True, max_length=1024)
+    ds = on.train_dataloader().dataset
+    ds_off = off._dataset(off.splits["train"], True, ds.packs)  # the same packs, no extra turns
+    extra = {"yes": 0, "no": 0}
     for i, pack in enumerate(ds.packs):
         got, plain = turns(ds, i), turns(ds_off, i)
         k = 0
@@ -220,18 +222,46 @@ def test_contrast_yesno_packs_a_twin_with_the_other_answer(synth_root, tokenizer
             spec = next(p for p in PROTOCOLS.values()
                         if (p.modality, p.body_part) == (row.meta["modality"], row.meta["body_part"]))
             present = {f["type"] for f in row.meta["findings"]}
-            if not (set(spec.findings) - present if row.answer == "yes" else present):
-                continue  # no finding with the other answer: no twin
-            text, answer = got[k]
-            asked = [f for f, phrase in ARTICLE.items() if phrase + "?" in text or f" {phrase} " in text]
-            assert len(asked) == 1, text
-            assert answer != row.answer and answer == ("yes" if asked[0] in present else "no"), (row.id, text)
-            twins[answer] += 1
-            k += 1
+            if mode == "twin":
+                want = 1 if (set(spec.findings) - present if row.answer == "yes" else present) else 0
+            else:
+                want = len(spec.findings) - 1
+            asked = []
+            for text, answer in got[k:k + want]:
+                found = [f for f, phrase in ARTICLE.items() if phrase + "?" in text or f" {phrase} " in text]
+                assert len(found) == 1, text
+                assert answer == ("yes" if found[0] in present else "no"), (row.id, text)
+                assert mode == "all" or answer != row.answer
+                asked.append(found[0])
+                extra[answer] += 1
+            if mode == "all":
+                assert sorted(asked) == sorted(t for t in spec.findings if t != row.meta["finding"])
+            k += want
         assert k == len(got)
-    assert twins["yes"] > 0 and twins["no"] > 0
+    assert extra["yes"] > 0 and extra["no"] > 0
     val = on.val_dataloader().dataset
     row = next(i for i, r in enumerate(val.samples) if r.meta["family"] == "yesno")
     assert tokenizer.decode(val[row]["encoded"].input_ids).count("?") == val.samples[row].question.count("?")
     with pytest.raises(ValueError, match="pack_questions"):
-        DataConfig(manifest="m.jsonl", data_root=".", contrast_yesno=True)
+        DataConfig(manifest="m.jsonl", data_root=".", yesno_extra=mode)
+
+
+def test_yesno_extra_turns_get_room_in_the_packs(synth_root, tokenizer, tmp_path):
+    """At a tight max_length the packs keep room for the extra turns, so (nearly) all of them go in; one that
+    still does not fit is left out, and every manifest row keeps its turn."""
+    from radfm.data.synth import extra_yesno_count
+
+    dm = make_dm(synth_root, tokenizer, tmp_path / "fit", pack_questions=True, max_length=160, yesno_extra="all")
+    ds = dm.train_dataloader().dataset
+    wanted = fitted = 0
+    for i, pack in enumerate(ds.packs):
+        enc = ds[(i, 0)]["encoded"]
+        assert len(enc.input_ids) <= 160
+        assert max(enc.segments) >= len(pack)
+        wanted += sum(extra_yesno_count(ds.samples[j].meta, ds.samples[j].answer, "all") for j in pack)
+        fitted += max(enc.segments) - len(pack)
+    assert wanted > 0 and fitted >= 0.95 * wanted
+    plain = make_dm(synth_root, tokenizer, tmp_path / "plain", pack_questions=True, max_length=160)
+    assert len(plain.train_dataloader().dataset.packs) < len(ds.packs)  # the room costs packs
+    with pytest.raises(ValueError, match="yesno_extra"):
+        DataConfig(manifest="m.jsonl", data_root=".", pack_questions=True, yesno_extra="both")

@@ -18,6 +18,7 @@ from radfm.data.synth import (
     CHOICES,
     SynthConfig,
     contrast_yesno,
+    every_yesno,
     generate,
     main,
     pixel_probe,
@@ -313,3 +314,24 @@ def test_contrast_yesno_asks_the_same_image_with_the_other_answer(easy: Path) ->
     other = next(r for r in rows if r.meta["family"] == "diagnosis")
     assert contrast_yesno(other.meta, "yes", rng) is None and contrast_yesno(None, "yes", rng) is None
     assert contrast_yesno(yesno[0].meta, "maybe", rng) is None
+
+
+def test_every_yesno_asks_each_other_finding_of_the_protocol(easy: Path) -> None:
+    """Beside the row's own question, one turn per other finding of its protocol, each answer true for the
+    image; nothing for other rows."""
+    rows = read_manifest(easy / "manifest.jsonl")
+    yesno = [r for r in rows if r.meta["family"] == "yesno"]
+    rng = random.Random(0)
+    answers = []
+    for r in yesno:
+        protocol = next(p for p in PROTOCOLS.values()
+                        if (p.modality, p.body_part) == (r.meta["modality"], r.meta["body_part"]))
+        turns = every_yesno(r.meta, rng)
+        asked = [next(t for t in FINDING_TYPES if f" {t}" in q) for q, _ in turns]
+        assert sorted(asked) == sorted(t for t in protocol.findings if t != r.meta["finding"]), r.id
+        for finding, (_, answer) in zip(asked, turns, strict=True):
+            assert answer == ("yes" if finding in r.labels else "no"), (r.id, finding)
+            answers.append(answer)
+    assert {"yes", "no"} <= set(answers)
+    other = next(r for r in rows if r.meta["family"] == "diagnosis")
+    assert every_yesno(other.meta, rng) == [] and every_yesno(None, rng) == []
