@@ -266,6 +266,17 @@ def every_yesno(meta: dict[str, Any] | None, rng: random.Random) -> list[tuple[s
     return [(render("yesno", rng, finding=ARTICLE[t]), "yes" if t in present else "no") for t in others]
 
 
+def extra_yesno_count(meta: dict[str, Any] | None, answer: str, mode: str) -> int:
+    """How many turns :func:`contrast_yesno` (``mode="twin"``) or :func:`every_yesno` (``"all"``) add for a row."""
+    spec = _protocol_of(meta)
+    if spec is None or mode == "none":
+        return 0
+    present, absent = _present_absent(meta or {}, spec)
+    if mode == "twin":
+        return int(bool(absent if answer == "yes" else present)) if answer in ("yes", "no") else 0
+    return len([t for t in spec.findings if t != (meta or {}).get("finding")])
+
+
 def generate(cfg: SynthConfig, out_dir: str | Path) -> Path:
     """Write MedMD-synth under ``out_dir``; returns the manifest path ``out_dir/manifest.jsonl``."""
     out = Path(out_dir)
@@ -645,14 +656,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-
-
-def extra_yesno_count(meta: dict[str, Any] | None, answer: str, mode: str) -> int:
-    """How many turns :func:`contrast_yesno` (``mode="twin"``) or :func:`every_yesno` (``"all"``) add for a row."""
-    spec = _protocol_of(meta)
-    if spec is None or mode == "none":
-        return 0
-    present, absent = _present_absent(meta or {}, spec)
-    if mode == "twin":
-        return int(bool(absent if answer == "yes" else present)) if answer in ("yes", "no") else 0
-    return len([t for t in spec.findings if t != (meta or {}).get("finding")])
