@@ -136,12 +136,9 @@ class RadFMDataset(Dataset):
         # Extra yes/no turns go in while the pack fits max_length (pack_samples measured it without them): the
         # last ones are left out first; they are augmentation, the manifest's rows are all kept.
         for keep in range(len(extra), -1, -1):
-            order = sorted([(k, 0, turns[k], None if positions is None else positions[k]) for k in range(len(turns))]
-                           + [(k, 1 + e, turn, None if positions is None else positions[k])
-                              for e, (k, turn) in enumerate(extra[:keep])], key=lambda t: (t[0], t[1]))
+            all_turns, all_positions = interleave(turns, positions, extra[:keep])
             try:
-                enc = self.tokenizer.format_turns([t[2] for t in order], n, max_length=self.max_length,
-                                                  positions=None if positions is None else [t[3] for t in order])
+                enc = self.tokenizer.format_turns(all_turns, n, max_length=self.max_length, positions=all_positions)
                 break
             except ValueError:
                 continue
@@ -158,6 +155,23 @@ class RadFMDataset(Dataset):
         return {"id": first.id, "task": PACKED_TASK, "encoded": enc, "images": images,
                 "image_blocks": list(enc.image_order), "is_3d": first.is_3d,
                 "label_names": label_names(first, self.label_source)}
+
+
+def interleave(turns: Sequence[tuple[str, str]], positions: Sequence[Any] | None,
+               extra: Sequence[tuple[int, tuple[str, str]]]) -> tuple[list[tuple[str, str]], list[Any] | None]:
+    """``turns`` with each ``(k, turn)`` of ``extra`` placed right after turn k (in ``extra``'s order); an
+    extra turn takes its turn k's image positions."""
+    after: dict[int, list[tuple[str, str]]] = {}
+    for k, turn in extra:
+        after.setdefault(k, []).append(turn)
+    out: list[tuple[str, str]] = []
+    out_pos: list[Any] = []
+    for k, turn in enumerate(turns):
+        for t in (turn, *after.get(k, ())):
+            out.append(t)
+            if positions is not None:
+                out_pos.append(positions[k])
+    return out, (out_pos if positions is not None else None)
 
 
 LABEL_SOURCES = ("labels", "findings", "scene")

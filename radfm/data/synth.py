@@ -231,6 +231,21 @@ def _present_absent(meta: dict[str, Any], spec: Any) -> tuple[list[str], list[st
     return present, [t for t in spec.findings if t not in present]
 
 
+def _twin_pool(meta: dict[str, Any] | None, answer: str) -> list[str]:
+    """The findings a twin of a yes/no row may ask about: absent ones for a "yes" row, present ones for "no"."""
+    spec = _protocol_of(meta)
+    if spec is None or answer not in ("yes", "no"):
+        return []
+    present, absent = _present_absent(meta or {}, spec)
+    return absent if answer == "yes" else present
+
+
+def _other_findings(meta: dict[str, Any] | None) -> list[str]:
+    """The findings of a yes/no row's protocol other than the one it asks about (``meta["finding"]``)."""
+    spec = _protocol_of(meta)
+    return [] if spec is None else [t for t in spec.findings if t != (meta or {}).get("finding")]
+
+
 def contrast_yesno(meta: dict[str, Any] | None, answer: str, rng: random.Random) -> tuple[str, str] | None:
     """The twin of a yes/no row, for training: the same image asked about a finding with the other answer.
 
@@ -240,15 +255,10 @@ def contrast_yesno(meta: dict[str, Any] | None, answer: str, rng: random.Random)
     Why: packed beside the row, on the same image tokens and template, only the finding word decides the
     answer; the model that says "yes" whenever *some* lesion is there pays for it in every such pair.
     """
-    spec = _protocol_of(meta)
-    if spec is None or answer not in ("yes", "no"):
-        return None
-    present, absent = _present_absent(meta or {}, spec)
-    pool = absent if answer == "yes" else present
+    pool = _twin_pool(meta, answer)
     if not pool:
         return None
-    twin = "no" if answer == "yes" else "yes"
-    return render("yesno", rng, finding=ARTICLE[rng.choice(pool)]), twin
+    return render("yesno", rng, finding=ARTICLE[rng.choice(pool)]), "no" if answer == "yes" else "yes"
 
 
 def every_yesno(meta: dict[str, Any] | None, rng: random.Random) -> list[tuple[str, str]]:
@@ -257,24 +267,19 @@ def every_yesno(meta: dict[str, Any] | None, rng: random.Random) -> list[tuple[s
     With the row's own question (the manifest's ``finding``), the image is asked about each finding its
     protocol allows, present or absent. Empty for rows that are not this generator's yes/no.
     """
-    spec = _protocol_of(meta)
-    if spec is None:
+    others = _other_findings(meta)
+    if not others:
         return []
-    present, _ = _present_absent(meta or {}, spec)
-    others = [t for t in spec.findings if t != (meta or {}).get("finding")]
+    present = {str(f["type"]) for f in (meta or {})["findings"]}
     rng.shuffle(others)
     return [(render("yesno", rng, finding=ARTICLE[t]), "yes" if t in present else "no") for t in others]
 
 
 def extra_yesno_count(meta: dict[str, Any] | None, answer: str, mode: str) -> int:
     """How many turns :func:`contrast_yesno` (``mode="twin"``) or :func:`every_yesno` (``"all"``) add for a row."""
-    spec = _protocol_of(meta)
-    if spec is None or mode == "none":
-        return 0
-    present, absent = _present_absent(meta or {}, spec)
     if mode == "twin":
-        return int(bool(absent if answer == "yes" else present)) if answer in ("yes", "no") else 0
-    return len([t for t in spec.findings if t != (meta or {}).get("finding")])
+        return int(bool(_twin_pool(meta, answer)))
+    return len(_other_findings(meta)) if mode == "all" else 0
 
 
 def generate(cfg: SynthConfig, out_dir: str | Path) -> Path:
