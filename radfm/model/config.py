@@ -43,6 +43,14 @@ class VisionConfig:
     # The stem's normalisation: "batch" (BatchNorm) or "group" (GroupNorm; see ConvStem for why).
     stem_norm: str = "batch"
 
+    def __post_init__(self) -> None:
+        # A 2D image is repeated to min_depth slices and then cut into patch_depth slabs: refuse a pair that
+        # cannot be cut here, not at the first forward pass of a run.
+        if self.patch_depth < 1 or self.min_depth < 1 or self.min_depth % self.patch_depth:
+            raise ValueError(f"vision.min_depth = {self.min_depth} must be a positive multiple of "
+                             f"vision.patch_depth = {self.patch_depth} (2D images are repeated to min_depth "
+                             f"slices, then cut into patch_depth slabs)")
+
     @property
     def head_dim(self) -> int:
         return self.dim_head if self.dim_head is not None else self.width // self.heads

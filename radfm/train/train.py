@@ -31,9 +31,22 @@ def build_model_config(cfg: DictConfig) -> RadFMConfig:
     return instantiate(cfg.model, _convert_="all")
 
 
+def check_depth_buckets(buckets: tuple[int, ...], patch_depth: int) -> None:
+    """Every 3D depth bucket must cut into whole ``patch_depth`` slabs, or the ViT refuses the first such scan
+    mid-run: refuse the config before a run starts instead, saying what to set."""
+    bad = [b for b in buckets if b % patch_depth]
+    if bad:
+        fit = [b for b in range(patch_depth, max(buckets) + 1, patch_depth)]
+        raise ValueError(f"data.transform.depth_buckets {list(bad)} are not multiples of model.vision.patch_depth "
+                         f"= {patch_depth}: a 3D scan resampled to such a depth cannot be cut into patches; "
+                         f"set data.transform.depth_buckets to multiples of {patch_depth}, e.g. {fit}")
+
+
 def build_data_config(cfg: DictConfig) -> DataConfig:
     d = cfg.data
     transform = TransformConfig(**OmegaConf.to_container(d.transform, resolve=True))
+    if cfg.get("model") is not None and cfg.model.get("vision") is not None:
+        check_depth_buckets(transform.depth_buckets, int(cfg.model.vision.get("patch_depth", 4)))
     return DataConfig(manifest=str(d.manifest), data_root=str(d.root), batch_size_2d=d.batch_size_2d,
                       batch_size_3d=d.batch_size_3d, num_workers=d.num_workers, seed=cfg.seed,
                       on_error=d.on_error, max_length=d.max_length, prevalidate=d.prevalidate,

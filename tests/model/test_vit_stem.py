@@ -25,7 +25,7 @@ def test_stem_is_off_by_default_and_the_patch_projection_keeps_radfms_shape():
 @pytest.mark.parametrize("patch_size,depth,patch_depth", [(4, 1, 1), (2, 1, 1), (4, 4, 2)])
 def test_stem_tokens_match_the_patch_grid(patch_size, depth, patch_depth):
     torch.manual_seed(0)
-    c = cfg(patch_size=patch_size, patch_depth=patch_depth, stem_channels=8)
+    c = cfg(patch_size=patch_size, patch_depth=patch_depth, min_depth=patch_depth, stem_channels=8)
     vit = ViT3D(c)
     n_convs = patch_size.bit_length() - 1
     assert vit.stem.out_channels == 8 << (n_convs - 1)

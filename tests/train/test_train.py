@@ -218,3 +218,23 @@ def test_turn_loss_reduction_counts_every_packed_answer_once(tiny_tokenizer):
     rows = (per_token * mask).sum(1) / mask.sum(1)
     assert float(turn_mean(per_token, mask, None)) == pytest.approx(float(rows.mean()), rel=1e-5)
     assert float(turn_mean(per_token, mask * 0, batch["segment_ids"])) == 0.0
+
+
+def test_depth_buckets_that_do_not_cut_into_patch_slabs_are_refused_before_a_run(make_cfg):
+    """A 3D scan resampled to depth 12 cannot be cut into 8-slice slabs: the config is refused up front, with
+    the buckets that would fit; the demo's own buckets pass."""
+    from radfm.train.train import build_data_config
+
+    bad = make_cfg("model.vision.patch_depth=8", "model.vision.min_depth=8")
+    with pytest.raises(ValueError, match=r"depth_buckets \[4, 12, 20.*patch_depth = 8.*\[8, 16, 24"):
+        build_data_config(bad)
+    demo = make_cfg("experiment=demo_tiny")
+    assert all(b % int(demo.model.vision.patch_depth) == 0 for b in build_data_config(demo).transform.depth_buckets)
+
+
+def test_min_depth_must_be_a_multiple_of_patch_depth():
+    from radfm.model.config import VisionConfig
+
+    with pytest.raises(ValueError, match="min_depth = 4 must be a positive multiple of vision.patch_depth = 8"):
+        VisionConfig(patch_depth=8, min_depth=4)
+    assert VisionConfig(patch_depth=8, min_depth=8).min_depth == 8
