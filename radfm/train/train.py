@@ -36,7 +36,7 @@ def check_depth_buckets(buckets: tuple[int, ...], patch_depth: int) -> None:
     mid-run: refuse the config before a run starts instead, saying what to set."""
     bad = [b for b in buckets if b % patch_depth]
     if bad:
-        fit = [b for b in range(patch_depth, max(buckets) + 1, patch_depth)]
+        fit = list(range(patch_depth, max(max(buckets), patch_depth) + 1, patch_depth))
         raise ValueError(f"data.transform.depth_buckets {list(bad)} are not multiples of model.vision.patch_depth "
                          f"= {patch_depth}: a 3D scan resampled to such a depth cannot be cut into patches; "
                          f"set data.transform.depth_buckets to multiples of {patch_depth}, e.g. {fit}")
@@ -45,8 +45,7 @@ def check_depth_buckets(buckets: tuple[int, ...], patch_depth: int) -> None:
 def build_data_config(cfg: DictConfig) -> DataConfig:
     d = cfg.data
     transform = TransformConfig(**OmegaConf.to_container(d.transform, resolve=True))
-    if cfg.get("model") is not None and cfg.model.get("vision") is not None:
-        check_depth_buckets(transform.depth_buckets, int(cfg.model.vision.get("patch_depth", 4)))
+    check_depth_buckets(transform.depth_buckets, int(cfg.model.vision.patch_depth))  # every model group sets it
     return DataConfig(manifest=str(d.manifest), data_root=str(d.root), batch_size_2d=d.batch_size_2d,
                       batch_size_3d=d.batch_size_3d, num_workers=d.num_workers, seed=cfg.seed,
                       on_error=d.on_error, max_length=d.max_length, prevalidate=d.prevalidate,
