@@ -31,7 +31,7 @@ class RadFMDataset(Dataset):
                  transform: TransformConfig, train: bool, seed: int = 0, max_length: int | None = None,
                  cache: Any = None, epoch: int = 0, packs: Sequence[Sequence[int]] | None = None,
                  label_source: str = "labels", pack_layout: str = "inline", redraw_yesno: bool = False,
-                 yesno_extra: str = "none") -> None:
+                 yesno_extra: str = "none", images_only: bool = False) -> None:
         if label_source not in LABEL_SOURCES:
             raise ValueError(f"label_source {label_source!r} is not one of {LABEL_SOURCES}")
         if pack_layout not in PACK_LAYOUTS:
@@ -43,6 +43,9 @@ class RadFMDataset(Dataset):
         self.pack_layout = pack_layout
         self.redraw_yesno = redraw_yesno
         self.yesno_extra = yesno_extra
+        # images_only: items without text (no tokenizing), for the vision warm-up, which reads only the images
+        # and label names; see __getitem__.
+        self.images_only = images_only
         # packs: items made of several samples that share their images (see pack_samples); None = one each.
         self.packs = [list(p) for p in packs] if packs is not None else None
         self.data_root = data_root
@@ -109,6 +112,8 @@ class RadFMDataset(Dataset):
         sample = self.samples[i]
         question, answer = self._training_turn(sample, rng)
         positions = self._image_positions(sample, rng)
+        if self.images_only:
+            return self._images_item(sample, self.load_images(sample, rng))
         try:
             enc = self.tokenizer.format_prompt(question, answer, positions, max_length=self.max_length)
         except ValueError as exc:
@@ -131,6 +136,8 @@ class RadFMDataset(Dataset):
         if self.pack_layout == "inline":
             positions = [self._image_positions(s, rng) for s in members]
         extra = self._extra_turns(members, turns, rng) if self.yesno_extra != "none" and rng is not None else []
+        if self.images_only:
+            return self._images_item(first, self.load_images(first, rng))
         n = len(first.images)
         enc = None
         # Extra yes/no turns go in while the pack fits max_length (pack_samples measured it without them): the
@@ -155,6 +162,18 @@ class RadFMDataset(Dataset):
         return {"id": first.id, "task": PACKED_TASK, "encoded": enc, "images": images,
                 "image_blocks": list(enc.image_order), "is_3d": first.is_3d,
                 "label_names": label_names(first, self.label_source)}
+
+
+    def _images_item(self, sample: Sample, images: list[torch.Tensor]) -> dict[str, Any]:
+        """An ``images_only`` item: the images (in the sample's order) and label names, no text.
+
+        Why: the vision warm-up reads only these, and tokenizing a pack (~12 ms a batch in the demo) was ~10 % of a
+        warm-up step. The random draws of the text (templates, image positions, extra turns) are still made
+        before the images are loaded, so the augmentation of item i in epoch e is the one the full item gets.
+        The label head pools over a row's images, so their order within the row does not matter.
+        """
+        return {"id": sample.id, "task": PACKED_TASK if self.packs is not None else sample.task,
+                "images": images, "is_3d": sample.is_3d, "label_names": label_names(sample, self.label_source)}
 
 
 def interleave(turns: Sequence[tuple[str, str]], positions: Sequence[Any] | None,
@@ -264,7 +283,9 @@ class Collator:
     side: str = "right"
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        batch = self.tokenizer.pad([it["encoded"] for it in items], side=self.side)
+        # images_only items (RadFMDataset) carry no text: their batch has no input_ids/labels.
+        batch = (self.tokenizer.pad([it["encoded"] for it in items], side=self.side)
+                 if all("encoded" in it for it in items) else {})
         batch["images"] = [img for it in items for img in it["images"]]
         batch["ids"] = [it["id"] for it in items]
         batch["tasks"] = [it["task"] for it in items]
@@ -411,13 +432,14 @@ class RadFMDataModule(L.LightningDataModule):
         self.splits = {name: [s for s in kept if s.split == name] for name in ("train", "val", "test")}
 
     def _dataset(self, samples: Sequence[Sample], train: bool,
-                 packs: Sequence[Sequence[int]] | None = None) -> RadFMDataset:
+                 packs: Sequence[Sequence[int]] | None = None, images_only: bool = False) -> RadFMDataset:
         return RadFMDataset(samples, self.cfg.data_root, self.tokenizer, self.cfg.transform, train,
                             self.cfg.seed, self.cfg.max_length, self.cache, packs=packs,
                             label_source=self.cfg.label_source, pack_layout=self.cfg.pack_layout,
-                            redraw_yesno=self.cfg.redraw_yesno, yesno_extra=self.cfg.yesno_extra)
+                            redraw_yesno=self.cfg.redraw_yesno, yesno_extra=self.cfg.yesno_extra,
+                            images_only=images_only)
 
-    def _loader(self, split: str, train: bool) -> DataLoader:
+    def _loader(self, split: str, train: bool, images_only: bool = False) -> DataLoader:
         samples = self.splits.get(split, [])
         if not samples:
             raise ValueError(f"the {split} split of {self.cfg.manifest} is empty")
@@ -425,7 +447,7 @@ class RadFMDataModule(L.LightningDataModule):
                  else lambda s: extra_yesno_count(s.meta, s.answer, self.cfg.yesno_extra))
         packs = (pack_samples(samples, self.tokenizer, self.cfg.max_length, self.cfg.pack_layout, extra)
                  if train and self.cfg.pack_questions else None)
-        ds = self._dataset(samples, train, packs)
+        ds = self._dataset(samples, train, packs, images_only)
         # The sampler sees one entry per item: a pack is 3D / of a class as its first sample is.
         heads = [samples[p[0]] for p in packs] if packs is not None else samples
         classes = [class_of(s, self.cfg.balance) for s in heads] if train and self.cfg.balance else None
@@ -439,6 +461,11 @@ class RadFMDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)
+
+    def warmup_dataloader(self) -> DataLoader:
+        """The training batches without their text (``images_only``): the same items, batches and augmentation
+        as :meth:`train_dataloader` (same sampler, same per-item random draws), for the vision warm-up."""
+        return self._loader("train", True, images_only=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", False)

@@ -154,7 +154,7 @@ def warm_up(cfg: DictConfig, module: RadFMLitModule, dm: RadFMDataModule, resumi
         return {}
     if cfg.trainer.get("fast_dev_run"):
         steps = 1  # a smoke run checks that the warm-up works, as Lightning runs one batch of the fit
-    stats = warm_up_vision(module, dm.train_dataloader(), steps, float(wcfg.get("lr", 1e-3)),
+    stats = warm_up_vision(module, dm.warmup_dataloader(), steps, float(wcfg.get("lr", 1e-3)),
                            weight_decay=float(cfg.optim.get("weight_decay", 0.01)),
                            head_lr=float(wcfg["head_lr"]) if wcfg.get("head_lr") else None,
                            ramp=int(wcfg.get("ramp", 0) or 0),

@@ -265,3 +265,25 @@ def test_yesno_extra_turns_get_room_in_the_packs(synth_root, tokenizer, tmp_path
     assert len(plain.train_dataloader().dataset.packs) < len(ds.packs)  # the room costs packs
     with pytest.raises(ValueError, match="yesno_extra"):
         DataConfig(manifest="m.jsonl", data_root=".", pack_questions=True, yesno_extra="both")
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_warmup_loader_gives_the_training_batches_without_text(synth_root, tokenizer, tmp_path, packed):
+    """The vision warm-up's loader skips tokenizing but serves the training batches' images exactly: the same
+    rows, the same augmentation (the text's random draws are still made first), the same label names."""
+    kw = {"pack_questions": True, "yesno_extra": "all", "label_source": "scene"} if packed else {}
+    dm = make_dm(synth_root, tokenizer, tmp_path, **kw)
+    full, bare = dm.train_dataloader(), dm.warmup_dataloader()
+    for epoch in (0, 2):
+        full.batch_sampler.set_epoch(epoch)
+        bare.batch_sampler.set_epoch(epoch)
+        pairs = list(zip(full, bare, strict=True))
+        assert len(pairs) == len(full)
+        for a, b in pairs:
+            assert "input_ids" not in b and "labels" not in b
+            assert (b["ids"], b["n_images"], b["label_names"]) == (a["ids"], a["n_images"], a["label_names"])
+            assert len(a["images"]) == len(b["images"])
+            assert all(torch.equal(x, y) for x, y in zip(a["images"], b["images"]))
+    # An item's augmentation differs between epochs: the equal images above are one random draw, not a constant.
+    ds = full.dataset
+    assert not torch.equal(ds[(0, 0)]["images"][0], ds[(0, 1)]["images"][0])
