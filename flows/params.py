@@ -33,7 +33,7 @@ class EvalSpec(BaseModel):
     """RadBench options (see ``radfm eval``)."""
 
     split: str = "test"
-    batch_size: int = 16
+    batch_size: int = 64  # see radfm.eval.radbench.EvalConfig
     limit: int | None = None
     ablate: bool = True
     embedding: bool = True

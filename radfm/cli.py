@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None, help="default: the manifest's folder")
     p.add_argument("--out", required=True)
     p.add_argument("--split", default="test")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=64, help="rows per forward/generate call")
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--no-ablate", action="store_true")
     p.add_argument("--no-embedding", action="store_true")

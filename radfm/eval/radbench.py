@@ -32,7 +32,10 @@ class EvalConfig:
     manifest: str
     data_root: str
     split: str = "test"
-    batch_size: int = 16
+    # Rows per forward/generate call. On a CPU, greedy decoding of the tiny model is per-call overhead, not
+    # arithmetic: 64 answered the demo's RadBench in 20.9 s of predictions against 30.6 s at 16, with the same
+    # answers (BENCHMARKS.md, "Main job"). Lower it for a large model on a small GPU.
+    batch_size: int = 64
     max_new_tokens: int = 128
     limit: int | None = None
     ablate: bool = True
