@@ -99,3 +99,21 @@ def test_retrain_skips_unchanged_data_and_trains_on_changed_data(first_run, pipe
     assert out["data_version"] != first["data_version"]
     assert out["pipeline"]["version"] == "2"
     assert client(home).get_model_version("radfm-e2e", "2").tags["radfm.data_version"] == out["data_version"]
+
+
+def test_preload_imports_loads_modules_and_leaves_failures_to_their_task():
+    """The start-up preload imports what it can in the background; a module that cannot be imported is not an
+    error there (its task imports it again and fails with its own message)."""
+    import sys
+
+    from flows.pipeline import PRELOAD, preload_imports
+
+    sys.modules.pop("colorsys", None)
+    thread = preload_imports(("radfm_no_such_module", "colorsys"))
+    thread.join(timeout=60)
+    assert not thread.is_alive() and thread.daemon
+    assert "colorsys" in sys.modules and "radfm_no_such_module" not in sys.modules
+    # Every preloaded name is a module the tasks import (a typo would silently preload nothing).
+    import importlib.util
+
+    assert all(importlib.util.find_spec(name) is not None for name in PRELOAD)
