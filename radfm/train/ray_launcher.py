@@ -219,12 +219,14 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
     from radfm.model.tokenizer import RadFMTokenizer
     from radfm.paths import configure_caches
     from radfm.train import train as tr
+    from radfm.train.allocator import keep_freed_memory
 
     cfg = OmegaConf.create(config["cfg"])
     run_dir = Path(config["run_dir"])
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     configure_caches()
+    keep_freed_memory()
     L.seed_everything(cfg.seed, workers=True)
     (run_dir / PIDS_DIR).mkdir(parents=True, exist_ok=True)
     (run_dir / PIDS_DIR / f"rank{rank}.pid").write_text(str(os.getpid()))

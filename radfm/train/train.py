@@ -21,6 +21,7 @@ from radfm.model.checkpoint import save_pretrained
 from radfm.model.config import RadFMConfig
 from radfm.model.tokenizer import RadFMTokenizer
 from radfm.paths import configure_caches
+from radfm.train.allocator import keep_freed_memory
 from radfm.train.data_prep import ensure_dataset
 from radfm.train.module import RadFMLitModule
 
@@ -168,6 +169,7 @@ def warm_up(cfg: DictConfig, module: RadFMLitModule, dm: RadFMDataModule, resumi
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train one model as ``cfg`` says and return its final metrics (floats)."""
     configure_caches()
+    keep_freed_memory()
     L.seed_everything(cfg.seed, workers=True)
     manifest = ensure_dataset(cfg.data)
     run_dir = run_dir_of(cfg)
