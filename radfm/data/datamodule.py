@@ -163,7 +163,6 @@ class RadFMDataset(Dataset):
                 "image_blocks": list(enc.image_order), "is_3d": first.is_3d,
                 "label_names": label_names(first, self.label_source)}
 
-
     def _images_item(self, sample: Sample, images: list[torch.Tensor]) -> dict[str, Any]:
         """An ``images_only`` item: the images (in the sample's order) and label names, no text.
 

@@ -4,7 +4,8 @@ Why: a training step allocates and frees the same tensors every step (activation
 arrays). glibc serves blocks over its mmap threshold (128 KiB at start) with fresh ``mmap`` pages and trims
 freed memory back to the kernel, so every step faults its memory in again. On the reference 2-core VM a demo
 warm-up step took ~6,000 page faults (~3 µs each) and a joint step ~12,000; with the settings below, almost
-none, and a warm-up step ran ~113 ms against ~150 ms (BENCHMARKS.md, "Main job"). The cost is that the
+none; in one 600-step pair a warm-up step ran ~113 ms against ~150 ms, and the demo's train stage took
+459 s against 496 s (BENCHMARKS.md, "Main job"). The cost is that the
 process keeps what it freed (its RSS stays at its peak).
 
 ``RADFM_KEEP_FREED_MEMORY=0`` turns this off. Elsewhere than glibc Linux it does nothing.
