@@ -24,9 +24,9 @@ print(ok, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-def faults(mode: str, env: dict[str, str] | None = None) -> tuple[bool, int]:
-    out = subprocess.run([sys.executable, "-c", CHILD, mode], capture_output=True, text=True, check=True,
-                         env=env).stdout.split()
+def faults(mode: str) -> tuple[bool, int]:
+    out = subprocess.run([sys.executable, "-c", CHILD, mode], capture_output=True, text=True,
+                         check=True).stdout.split()
     return out[0] == "True", int(out[1])
 
 
