@@ -17,7 +17,7 @@ from radfm.data import prompts
 from radfm.data.errors import Quarantine, SampleError, check_on_error
 from radfm.data.manifest import Sample, read_manifest, resolve_image_path
 from radfm.data.sampler import ModalityBatchSampler
-from radfm.data.synth import contrast_yesno, every_yesno, extra_yesno_count, redraw_yesno
+from radfm.data.synth_turns import contrast_yesno, every_yesno, extra_yesno_count, redraw_yesno
 from radfm.data.transforms import TransformConfig, preprocess
 from radfm.model.tokenizer import RadFMTokenizer
 

@@ -249,7 +249,7 @@ def test_yesno_extra_packs_turns_about_the_same_image(synth_root, tokenizer, tmp
 def test_yesno_extra_turns_get_room_in_the_packs(synth_root, tokenizer, tmp_path):
     """At a tight max_length the packs keep room for the extra turns, so (nearly) all of them go in; one that
     still does not fit is left out, and every manifest row keeps its turn."""
-    from radfm.data.synth import extra_yesno_count
+    from radfm.data.synth_turns import extra_yesno_count
 
     dm = make_dm(synth_root, tokenizer, tmp_path / "fit", pack_questions=True, max_length=160, yesno_extra="all")
     ds = dm.train_dataloader().dataset

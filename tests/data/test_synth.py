@@ -17,17 +17,15 @@ from radfm.data.prompts import TEMPLATES, render
 from radfm.data.synth import (
     CHOICES,
     SynthConfig,
-    contrast_yesno,
-    every_yesno,
     generate,
     main,
     pixel_probe,
-    redraw_yesno,
     report_findings,
     rouge_l,
 )
 from radfm.data.synth_scene import FINDING_TYPES, PROTOCOLS, VARIANTS, Lesion, Scene
 from radfm.data.synth_scene import render as render_scene
+from radfm.data.synth_turns import contrast_yesno, every_yesno, redraw_yesno
 
 # 400 images: the smallest size at which the per-type linear probes have enough images per study type to
 # be stable across seeds (at 300 the pooled presence margin varied from +0.22 to +0.35).
