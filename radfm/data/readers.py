@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from radfm.data.dicom_order import BY_POSITION, SliceOrderError, order_slices, series_order
 from radfm.data.errors import SampleError
 
 SUFFIXES = (".nii", ".nii.gz", ".dcm", ".png", ".jpg", ".jpeg", ".npy", ".npz", "<DICOM by content>",
@@ -76,7 +77,7 @@ def read_image(path: str | Path, sample_id: str | None = None, *, allow_constant
         raise SampleError(sample_id, path_s, "file is empty (0 bytes)")
     try:
         img = _READERS[fmt](p)
-    except _ReadError as exc:
+    except (_ReadError, SliceOrderError) as exc:
         raise SampleError(sample_id, path_s, str(exc)) from None
     except PermissionError as exc:
         raise SampleError(sample_id, path_s, f"cannot read the file ({exc.strerror}): check its permissions"
@@ -247,29 +248,6 @@ def _frames(ds: Any) -> np.ndarray:
     return out
 
 
-def _slice_order(positions: list[Any], orientation: Any,
-                 numbers: list[Any]) -> tuple[np.ndarray, float | None, str]:
-    """Order of slices along the slice normal (by ImagePositionPatient), else by InstanceNumber.
-
-    Returns (order, spacing along the normal or None, how). Raises _ReadError when neither gives an order.
-    """
-    if orientation is not None and all(p is not None for p in positions):
-        iop = np.asarray(orientation, dtype=float)
-        normal = np.cross(iop[:3], iop[3:])
-        dist = np.asarray(positions, dtype=float) @ normal
-        order = np.argsort(dist, kind="stable")
-        gaps = np.diff(dist[order])
-        if np.any(gaps < 1e-3):  # two slices in one place: the folder or file holds more than one volume
-            places = len(np.unique(dist.round(3)))
-            raise _ReadError(f"duplicate slice positions ({len(dist)} slices at {places} positions): "
-                             "more than one volume (echoes, phases?) in one series")
-        return order, float(np.median(gaps)) if len(gaps) else None, "ImagePositionPatient"
-    if all(n is not None for n in numbers) and len(set(numbers)) == len(numbers):
-        return np.argsort(np.asarray(numbers, dtype=float), kind="stable"), None, "InstanceNumber"
-    raise _ReadError("cannot order the slices: they carry neither ImagePositionPatient nor distinct "
-                     "InstanceNumber")
-
-
 def _dicom_meta(ds: Any, fmt: str) -> dict[str, Any]:
     meta: dict[str, Any] = {"format": fmt}
     for tag in SAFE_DICOM_TAGS:
@@ -331,9 +309,10 @@ def _read_dicom(path: Path) -> ImageData:
             item = _fg_item(ds, i, "PlanePositionSequence")
             positions.append(None if item is None else item.get("ImagePositionPatient"))
         orient = _fg_item(ds, 0, "PlaneOrientationSequence")
-        if orient is not None and all(p is not None for p in positions):
-            order, gap, how = _slice_order(positions, orient.get("ImageOrientationPatient"), [None])
-            frames, dz, meta["slice_order"] = frames[order], gap or dz, how
+        # Frames carry no InstanceNumber or name: without positions they stay in the order stored.
+        ordered = order_slices(positions, None if orient is None else orient.get("ImageOrientationPatient"))
+        if ordered.how == BY_POSITION:
+            frames, dz, meta["slice_order"] = frames[ordered.order], ordered.spacing or dz, ordered.how
     row, col = _in_plane_spacing(ds)
     vol = np.ascontiguousarray(np.transpose(frames, (3, 1, 2, 0)))
     return ImageData(_monochrome1(vol, ds), (row, col, dz), _modality(ds), meta)
@@ -378,18 +357,18 @@ def _read_dicom_series(folder: Path) -> ImageData:
                     for _, ds in slices if ds.get("ImageOrientationPatient") is not None}
     if len(orientations) > 1:
         raise _ReadError("slices have different ImageOrientationPatient: not one volume")
-    order, gap, how = _slice_order([ds.get("ImagePositionPatient") for _, ds in slices],
-                                   ds0.get("ImageOrientationPatient"),
-                                   [ds.get("InstanceNumber") for _, ds in slices])
+    # The same order as the DICOM importer's (radfm.data.dicom_order): by position, InstanceNumber, name.
+    ordered = series_order([ds for _, ds in slices], [f.name for f, _ in slices])
     try:
-        frames = np.concatenate([_frames(slices[i][1]) for i in order], axis=0)
+        frames = np.concatenate([_frames(slices[i][1]) for i in ordered.order], axis=0)
     except _ReadError as exc:
         raise _ReadError(f"series slice: {exc}") from exc
     meta = _dicom_meta(ds0, "dicom_series")
-    meta.update(slices=len(slices), slice_order=how)
+    meta.update(slices=len(slices), slice_order=ordered.how)
     row, col = _in_plane_spacing(ds0)
     vol = np.ascontiguousarray(np.transpose(frames, (3, 1, 2, 0)))
-    return ImageData(_monochrome1(vol, ds0), (row, col, gap or _slice_thickness(ds0)), _modality(ds0), meta)
+    spacing = (row, col, ordered.spacing or _slice_thickness(ds0))
+    return ImageData(_monochrome1(vol, ds0), spacing, _modality(ds0), meta)
 
 
 # --- PNG/JPG, NPY/NPZ --------------------------------------------------------------------------------------

@@ -14,7 +14,9 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 
+from radfm.data.dicom_order import SliceOrderError, order_slices, series_order
 from radfm.data.errors import SampleError
+from radfm.data.importers import dicom_to_array, ingest_dicom_folder
 from radfm.data.readers import SAFE_DICOM_TAGS, ImageData, detect_format, read_image
 
 NIB_DATA = Path(nibabel.testing.data_path)
@@ -211,6 +213,70 @@ def test_series_with_a_non_dicom_file_names_it(tmp_path: Path) -> None:
     with pytest.raises(SampleError) as e:
         read_image(tmp_path / "series", "junk")
     assert "notes.txt" in e.value.reason
+
+
+# --- one slice order for the reader and the DICOM importer (radfm.data.dicom_order) ------------------------
+
+
+@pytest.mark.parametrize("rule", ["ImagePositionPatient", "InstanceNumber", "file name"])
+def test_reader_and_importer_order_a_shuffled_series_alike(tmp_path: Path, rule: str) -> None:
+    """File names, InstanceNumbers and positions each give another order; every rule of the shared order is
+    followed the same way by read_image (a series folder) and the importer (dicom_to_array, ingest)."""
+    truth = write_series(tmp_path / "dicom" / "series", positions=rule == "ImagePositionPatient", seed=3)
+    if rule == "file name":
+        for t in truth:
+            ds = pydicom.dcmread(t["file"])
+            del ds.InstanceNumber
+            ds.save_as(t["file"], enforce_file_format=True)
+    by_name = sorted(truth, key=lambda t: t["file"].name)
+    expected = {"ImagePositionPatient": truth, "InstanceNumber": truth[::-1], "file name": by_name}[rule]
+    if rule != "file name":  # so the test tells the rule under test from the fallback to names
+        assert [t["k"] for t in expected] != [t["k"] for t in by_name]
+
+    img = read_image(tmp_path / "dicom" / "series", "ser")
+    assert img.meta["slice_order"] == rule
+    for d, t in enumerate(expected):
+        np.testing.assert_allclose(img.array[0, :, :, d], t["hu"], rtol=1e-6)
+
+    shuffled = [truth[i]["file"] for i in np.random.default_rng(7).permutation(len(truth))]
+    image = dicom_to_array(shuffled, "ser")  # the importer's path, given the files in another order
+    assert image.is_3d and image.spacing[2] == pytest.approx(img.spacing[2])
+    np.testing.assert_array_equal(image.array, img.array[0])
+
+    (tmp_path / "reports.csv").write_text("folder,report\nseries,Fine.\n")
+    samples, _ = ingest_dicom_folder(tmp_path / "dicom", tmp_path / "reports.csv", tmp_path / "out", salt="s")
+    vol = np.asarray(nib.load(tmp_path / "out" / samples[0].images[0].path).dataobj)
+    np.testing.assert_allclose(vol, img.array[0], rtol=1e-6)
+
+
+def test_slice_order_rules() -> None:
+    axial = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    names = ["c.dcm", "a.dcm", "d.dcm", "b.dcm"]
+    # Coronal: only y (the normal) orders the slices; z, the usual shortcut, would give another order.
+    coronal = order_slices([[0, 3, 9], [0, 1, 5], [0, 2, 1], [0, 0, 7]], CORONAL, [1, 2, 3, 4], names)
+    assert list(coronal.order) == [3, 1, 2, 0] and coronal.how == "ImagePositionPatient"
+    assert coronal.spacing == pytest.approx(1.0)
+    # One slice without a position: InstanceNumber, equal numbers by file name.
+    by_number = order_slices([[0, 0, 1], None, [0, 0, 3], [0, 0, 2]], axial, [2, 1, 2, "1"], names)
+    assert list(by_number.order) == [1, 3, 0, 2] and by_number.how == "InstanceNumber"
+    assert by_number.spacing is None
+    # One slice without an InstanceNumber either (or an unusable orientation): file names.
+    by_name = order_slices([None] * 4, axial, [2, None, 3, 4], names)
+    assert list(by_name.order) == [1, 3, 0, 2] and by_name.how == "file name"
+    assert order_slices([[0, 0, 1]] * 4, [0, 0, 0, 0, 0, 0], None, names).how == "file name"
+    # Without numbers or names (the frames of one file): the order given.
+    assert order_slices([None, None], axial).how == "as given"
+    with pytest.raises(SliceOrderError, match="duplicate slice positions"):
+        order_slices([[0, 0, 1], [0, 0, 2], [0, 0, 1]], axial, [1, 2, 3], ["a", "b", "c"])
+
+
+def test_series_order_does_not_depend_on_the_order_files_are_given(tmp_path: Path) -> None:
+    truth = write_series(tmp_path / "series", seed=1)
+    headers = [pydicom.dcmread(t["file"], stop_before_pixels=True) for t in truth]
+    names = [t["file"].name for t in truth]
+    for perm in np.random.default_rng(0).permutation(np.tile(np.arange(10), (5, 1)), axis=1):
+        order = series_order([headers[i] for i in perm], [names[i] for i in perm])
+        assert [int(perm[i]) for i in order.order] == list(range(10))  # spatial order is k order
 
 
 # --- NIfTI, PNG/JPG, NPY/NPZ -------------------------------------------------------------------------------

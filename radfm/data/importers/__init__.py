@@ -1,0 +1,47 @@
+"""Importers (``radfm ingest``): a user's table, a MedMNIST ``.npz`` or a folder of DICOM studies → a MedMD
+manifest plus its images under one output data root.
+
+Each importer returns ``(samples, quarantine)`` and writes ``<out_root>/manifests/<source>.jsonl`` (and
+``<source>.quarantine.jsonl`` when something was rejected) with images under ``<out_root>/images/<source>/``.
+A bad row raises a :class:`SampleError` naming the sample, the file and the reason, or with
+``on_error="quarantine"`` is recorded, so rows in = rows out + quarantined.
+
+The DICOM importer de-identifies: pixels are converted (NIfTI for a series or multi-frame file, PNG for one
+frame) so no header travels, the sample id is a salted hash of the study UID, and the patient's identifiers
+found in the headers (name, IDs, birth date, accession number, physicians…) are scrubbed from report text and
+never written to manifests, meta, file names or logs.
+
+Modules: :mod:`.run` (the run's bookkeeping shared by every importer: splits, slugs, the manifest and
+quarantine report, placing files), :mod:`.table`, :mod:`.medmnist`, and for DICOM :mod:`.dicom` (the
+importer), :mod:`.dicom_scan` (finding the files), :mod:`.dicom_pixels` (series → array; slices ordered by
+:mod:`radfm.data.dicom_order`, as the reader orders them) and :mod:`.deid` (identifiers, scrubbing, salted ids).
+"""
+
+from __future__ import annotations
+
+from radfm.data.importers.deid import PHI_KEYWORDS, REDACTED, opaque_id, scrub
+from radfm.data.importers.dicom import ingest_dicom_folder
+from radfm.data.importers.dicom_pixels import DicomImage, dicom_to_array
+from radfm.data.importers.medmnist import MEDMNIST, MedMNISTInfo, ingest_medmnist
+from radfm.data.importers.run import DEFAULT_FRACTIONS, SPLIT_ALIASES, assign_split
+from radfm.data.importers.table import SUFFIX_2D, SUFFIX_3D, infer_kind, ingest_table
+
+__all__ = [
+    "DEFAULT_FRACTIONS",
+    "MEDMNIST",
+    "PHI_KEYWORDS",
+    "REDACTED",
+    "SPLIT_ALIASES",
+    "SUFFIX_2D",
+    "SUFFIX_3D",
+    "DicomImage",
+    "MedMNISTInfo",
+    "assign_split",
+    "dicom_to_array",
+    "infer_kind",
+    "ingest_dicom_folder",
+    "ingest_medmnist",
+    "ingest_table",
+    "opaque_id",
+    "scrub",
+]

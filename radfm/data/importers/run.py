@@ -1,0 +1,170 @@
+"""Bookkeeping shared by the importers: split assignment, slugs, list columns, the run that counts rows in,
+samples out and rejects (and writes the manifest and the quarantine report), and placing files under the
+output root (copies, hard links, PNG and NIfTI)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from radfm.data.errors import Quarantine, SampleError, check_on_error
+from radfm.data.manifest import SPLITS, Sample, write_manifest
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
+SPLIT_ALIASES = {"valid": "val", "validation": "val", "dev": "val", "training": "train", "testing": "test"}
+
+
+def assign_split(sample_id: str, seed: int = 0, fractions: Sequence[float] = DEFAULT_FRACTIONS) -> str:
+    """train/val/test from a seeded hash of the id: stable across runs, machines and row order."""
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or sum(fractions) <= 0:
+        raise ValueError(f"split fractions must be three non-negative numbers (train, val, test), got {fractions}")
+    digest = hashlib.sha256(f"{seed}:{sample_id}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64 * sum(fractions)
+    cum = 0.0
+    for split, frac in zip(SPLITS, fractions):
+        cum += frac
+        if u < cum:
+            return split
+    return SPLITS[-1]
+
+
+def _slug(name: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")
+    if not slug:
+        raise ValueError(f"source name {name!r} has no usable characters for a folder name")
+    return slug
+
+
+def _split_value(value: Any) -> str:
+    v = str(value).strip().lower()
+    return SPLIT_ALIASES.get(v, v)
+
+
+def _list_value(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return [str(v).strip() for v in value if str(v).strip()]
+    text = str(value).strip()
+    if not text:
+        return None
+    if text.startswith("["):
+        with contextlib.suppress(json.JSONDecodeError):
+            return [str(v) for v in json.loads(text)]
+    return [v.strip() for v in text.split(";") if v.strip()]
+
+
+class _Run:
+    """Counts rows in, samples out and rejects; writes the manifest and the quarantine report."""
+
+    def __init__(self, source: str, out_root: str | Path, manifest_path: str | Path | None, on_error: str,
+                 stage: str) -> None:
+        check_on_error(on_error)
+        self.source = source
+        self.slug = _slug(source)
+        self.out_root = Path(out_root)
+        self.manifest_path = Path(manifest_path) if manifest_path else (
+            self.out_root / "manifests" / f"{self.slug}.jsonl")
+        self.on_error = on_error
+        self.stage = stage
+        self.quarantine = Quarantine()
+        self.samples: list[Sample] = []
+        self.ids: set[str] = set()
+        self.rows_in = 0
+        self.rows_out = 0
+
+    def row(self, fn: Callable[[], list[Sample]]) -> None:
+        """Run one input row; its samples are kept, or its SampleError raised / quarantined."""
+        self.rows_in += 1
+        try:
+            samples = fn()
+        except SampleError as err:
+            if self.on_error == "raise":
+                raise
+            self.quarantine.add(err, self.stage)
+            return
+        self.samples.extend(samples)
+        self.rows_out += 1
+
+    def check_id(self, sample_id: str, file: str | None, where: str) -> None:
+        if sample_id in self.ids:
+            raise SampleError(sample_id, file, f"{where}: duplicate sample id (ids must be unique)")
+
+    def claim(self, samples: list[Sample]) -> list[Sample]:
+        self.ids.update(s.id for s in samples)
+        return samples
+
+    def finish(self) -> tuple[list[Sample], Quarantine]:
+        if self.rows_in != self.rows_out + len(self.quarantine):
+            raise RuntimeError(f"{self.source}: {self.rows_in} rows in but {self.rows_out} out + "
+                               f"{len(self.quarantine)} quarantined")
+        write_manifest(self.samples, self.manifest_path)
+        report = self.manifest_path.with_name(self.manifest_path.name.split(".")[0] + ".quarantine.jsonl")
+        if len(self.quarantine):
+            self.quarantine.write(report)
+            log.warning("%s: %d of %d rows quarantined (see %s)", self.source, len(self.quarantine),
+                        self.rows_in, report)
+        elif report.exists():
+            report.unlink()  # a stale report from an earlier run would misreport this one
+        log.info("%s: %d rows in, %d samples written to %s", self.source, self.rows_in, len(self.samples),
+                 self.manifest_path)
+        return self.samples, self.quarantine
+
+
+# ----------------------------------------------------------------------------------------------- files
+
+
+def _inside(root: Path, path: Path) -> bool:
+    root_s, path_s = os.path.abspath(root), os.path.abspath(path)
+    return path_s == root_s or path_s.startswith(root_s.rstrip(os.sep) + os.sep)
+
+
+def _place(src: Path, dest: Path, link: bool) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if src.is_dir():
+        shutil.copytree(src, dest, dirs_exist_ok=True, copy_function=_link_or_copy if link else shutil.copy2)
+        return
+    if dest.exists() or dest.is_symlink():
+        dest.unlink()
+    if link:
+        _link_or_copy(src, dest)
+    else:
+        shutil.copy2(src, dest)
+
+
+def _link_or_copy(src: Any, dest: Any) -> None:
+    try:
+        if os.path.lexists(dest):
+            os.unlink(dest)
+        os.link(src, dest)
+    except OSError:  # another file system, or links not allowed: a copy is as good
+        shutil.copy2(src, dest)
+
+
+def _write_png(arr: np.ndarray, dest: Path) -> None:
+    from PIL import Image
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(dest, format="PNG")
+
+
+def _write_nifti(arr: np.ndarray, dest: Path, spacing: Sequence[float]) -> None:
+    """``arr`` is H×W×D; the affine carries the voxel spacing and nothing about the patient's position."""
+    import nibabel as nib
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    img = nib.Nifti1Image(np.ascontiguousarray(arr), affine=np.diag([*map(float, spacing), 1.0]))
+    img.header.set_xyzt_units("mm")
+    nib.save(img, str(dest))

@@ -1,0 +1,197 @@
+"""The table importer: a CSV/TSV/JSONL table of images and questions/answers/reports → a manifest, its images
+copied (or hard-linked) under the output root."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from radfm.data import prompts
+from radfm.data.errors import Quarantine, SampleError
+from radfm.data.importers.run import (
+    DEFAULT_FRACTIONS,
+    _inside,
+    _list_value,
+    _place,
+    _Run,
+    _split_value,
+    assign_split,
+)
+from radfm.data.manifest import Sample, _validate_row
+
+SUFFIX_2D = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
+SUFFIX_3D = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".npz")
+
+
+def infer_kind(path: Path) -> str | None:
+    """``2d``/``3d`` from the file (a folder is a DICOM series, an ``.npy`` is judged by its shape)."""
+    name = path.name.lower()
+    if path.is_dir():
+        return "3d"
+    if name.endswith(SUFFIX_3D):
+        return "3d"
+    if name.endswith(SUFFIX_2D):
+        return "2d"
+    if name.endswith(".npy"):
+        shape = np.load(path, mmap_mode="r").shape
+        return "2d" if len(shape) == 2 or (len(shape) == 3 and shape[-1] in (1, 3, 4)) else "3d"
+    return None
+
+
+def _row_images(rec: dict[str, Any]) -> list[dict[str, Any]]:
+    """Image entries of a row: ``images`` (list or ';'-separated), ``image``, or ``image_1..image_n``."""
+    raw: list[Any] = []
+    if rec.get("images") not in (None, ""):
+        value = rec["images"]
+        raw = list(value) if isinstance(value, list) else str(value).split(";")
+    if rec.get("image") not in (None, ""):
+        raw.append(rec["image"])
+    numbered = sorted((int(k.split("_")[1]), k) for k in rec if re.fullmatch(r"image_\d+", str(k)))
+    raw.extend(rec[k] for _, k in numbered if rec[k] not in (None, ""))
+    out = []
+    for item in raw:
+        entry = dict(item) if isinstance(item, dict) else {"path": str(item).strip()}
+        if str(entry.get("path", "")).strip():
+            out.append(entry)
+    return out
+
+
+def _read_table(path: Path) -> Iterator[tuple[str, dict[str, Any] | None, str | None]]:
+    name = path.name.lower()
+    if name.endswith((".csv", ".tsv")):
+        import pandas as pd
+
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, sep="\t" if name.endswith(".tsv") else ",")
+        df.columns = [str(c).strip() for c in df.columns]
+        for i, rec in enumerate(df.to_dict("records")):
+            yield f"{path.name} row {i + 2}", {k: v.strip() for k, v in rec.items()}, None
+    elif name.endswith((".jsonl", ".ndjson")):
+        with path.open() as f:
+            for i, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                where = f"{path.name} line {i}"
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    yield where, None, f"not valid JSON ({exc.msg})"
+                    continue
+                yield where, rec if isinstance(rec, dict) else None, None if isinstance(rec, dict) else "not an object"
+    else:
+        raise ValueError(f"table {path} must be .csv, .tsv or .jsonl")
+
+
+def ingest_table(
+    table_path: str | Path,
+    out_root: str | Path,
+    image_root: str | Path | None = None,
+    task: str | None = None,
+    *,
+    source: str | None = None,
+    split_col: str = "split",
+    split_fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    seed: int = 0,
+    on_error: str = "raise",
+    link: bool = False,
+    meta_cols: Sequence[str] = (),
+    manifest_path: str | Path | None = None,
+) -> tuple[list[Sample], Quarantine]:
+    """A CSV/TSV/JSONL table → manifest; images copied (or hard-linked, ``link=True``) under out_root.
+
+    Columns: ``id`` (else ``<source>-<row>``), ``image`` / ``image_1..image_n`` / ``images`` (';'-separated,
+    or a list in JSONL, entries may be ``{"path", "kind", "position"}``), ``question`` + ``answer`` or
+    ``report`` (task ``report`` with a templated question), ``task`` (else ``task``, else report/vqa),
+    ``split_col`` (else a seeded hash of the id), ``kind`` (else from the suffix), ``labels`` and ``choices``
+    (';'-separated), ``position``, ``source``. Image paths are relative to ``image_root`` (default: the
+    table's folder) and must stay inside it (checked on the path as written, so a symlinked data folder
+    works); only ``meta_cols`` are kept in ``meta`` (other columns may hold identifiers). Files are copied
+    as they are: DICOM headers included — use :func:`ingest_dicom_folder` to de-identify DICOM studies.
+    """
+    table_path = Path(table_path)
+    image_root = Path(image_root) if image_root is not None else table_path.parent
+    run = _Run(source or table_path.stem, out_root, manifest_path, on_error, "ingest")
+    placed: dict[Path, Path] = {}
+    for index, (where, rec, problem) in enumerate(_read_table(table_path)):
+        run.row(lambda where=where, rec=rec, problem=problem, index=index: _table_row(
+            run, where, rec, problem, index, image_root, task, split_col, split_fractions, seed, link,
+            meta_cols, placed, str(table_path)))
+    return run.finish()
+
+
+def _table_row(run: _Run, where: str, rec: dict[str, Any] | None, problem: str | None, index: int,
+               image_root: Path, task: str | None, split_col: str, fractions: Sequence[float], seed: int,
+               link: bool, meta_cols: Sequence[str], placed: dict[Path, Path], table: str) -> list[Sample]:
+    if rec is None:
+        raise SampleError(where, table, f"{where}: {problem}")
+    sid = str(rec.get("id") or "").strip() or f"{run.slug}-{index + 1:06d}"
+    images, copies = _table_images(run, sid, where, rec, image_root)
+
+    question = str(rec.get("question") or "").strip()
+    answer = str(rec.get("answer") or "").strip()
+    report = str(rec.get("report") or "").strip()
+    row_task = str(rec.get("task") or "").strip() or task
+    meta: dict[str, Any] = {c: rec[c] for c in meta_cols if rec.get(c) not in (None, "")}
+    if report and not answer:
+        answer = report
+        row_task = row_task or "report"
+        if not question:
+            question = prompts.render("report", None)
+            meta["template"] = "report"
+    row_task = row_task or "vqa"
+    split_given = str(rec.get(split_col) or "").strip()
+    row = {
+        "id": sid,
+        "task": row_task,
+        "split": _split_value(split_given) if split_given else assign_split(sid, seed, fractions),
+        "question": question,
+        "answer": answer,
+        "images": images,
+        "source": str(rec.get("source") or "").strip() or run.source,
+        "labels": _list_value(rec.get("labels")),
+        "choices": _list_value(rec.get("choices")),
+        "meta": meta or None,
+    }
+    sample = _validate_row(row, where)
+    run.check_id(sid, str(copies[0][0]) if copies else table, where)
+    for src, dest in copies:
+        if placed.get(dest) == src:
+            continue
+        try:
+            _place(src, dest, link)
+        except OSError as exc:
+            raise SampleError(sid, str(src), f"{where}: could not copy the image ({exc.strerror or exc})") from exc
+        placed[dest] = src
+    return run.claim([sample])
+
+
+def _table_images(run: _Run, sid: str, where: str, rec: dict[str, Any], image_root: Path
+                  ) -> tuple[list[dict[str, Any]], list[tuple[Path, Path]]]:
+    """A row's image references for the manifest, and the (source, destination) copies they need."""
+    copies: list[tuple[Path, Path]] = []
+    images = []
+    row_kind = str(rec.get("kind") or "").strip().lower() or None
+    for entry in _row_images(rec):
+        given = str(entry["path"]).strip()
+        src = Path(given) if Path(given).is_absolute() else image_root / given
+        if not _inside(image_root, src):
+            raise SampleError(sid, given, f"{where}: image path leaves the image root {image_root}; "
+                                          "give paths relative to image_root (or move the image under it)")
+        if not src.exists():
+            raise SampleError(sid, str(src), f"{where}: image not found (paths are relative to {image_root})")
+        rel = Path(os.path.relpath(os.path.abspath(src), os.path.abspath(image_root))).as_posix()
+        kind = str(entry.get("kind") or row_kind or "").strip().lower() or infer_kind(src)
+        if kind is None:
+            raise SampleError(sid, str(src), f"{where}: cannot tell 2d from 3d by the suffix; add a 'kind' column")
+        ref: dict[str, Any] = {"path": f"images/{run.slug}/{rel}", "kind": kind}
+        position = entry.get("position", rec.get("position"))
+        if position not in (None, ""):
+            ref["position"] = int(position) if str(position).isdigit() else position
+        images.append(ref)
+        copies.append((src, run.out_root / ref["path"]))
+    return images, copies
