@@ -235,8 +235,8 @@ def metric_inputs(base: Sequence[Any], n: int, seed: int = 0) -> tuple[list[Any]
     """``n`` samples tiled from MedMD-synth rows, with predictions of a plausible, imperfect model: closed
     answers right 70% of the time (with a probability for each choice), open answers and reports either the
     reference or another row's answer of the same family, so no metric sees only exact matches."""
+    from radfm.eval.baselines import family
     from radfm.eval.predict import Prediction
-    from radfm.eval.radbench import family
 
     rng = random.Random(seed)
     by_family: dict[str, list[str]] = {}

@@ -29,7 +29,8 @@ def main() -> int:
     home = Path(os.environ.setdefault("RADFM_HOME", str(RESULTS / "train-eval-home")))
     os.environ.setdefault("RADFM_DATA_DIR", str(home / "data"))
 
-    from radfm.eval.radbench import evaluate_checkpoint, headline_table
+    from radfm.eval.radbench import evaluate_checkpoint
+    from radfm.eval.report import headline_table
     from radfm.train.compose import compose
     from radfm.train.train import train
 

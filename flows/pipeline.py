@@ -112,7 +112,7 @@ def _ui_hint(uri: str) -> str:
 
 def summary_markdown(result: dict[str, Any]) -> str:
     """The RadBench headline table, the stages and the links, as Markdown (artifact and terminal)."""
-    from radfm.eval.radbench import headline_table
+    from radfm.eval.report import headline_table
 
     rows = headline_table(result["summary"])
     lines = ["# radfm pipeline", "", f"data version `{result['data_version']}` · run `{result['run_name']}`"

@@ -98,7 +98,8 @@ def _data(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from radfm.eval.radbench import evaluate_checkpoint, summary_markdown
+    from radfm.eval.radbench import evaluate_checkpoint
+    from radfm.eval.report import summary_markdown
 
     summary = evaluate_checkpoint(args.model, args.manifest, args.out, data_root=args.data_root, split=args.split,
                                   batch_size=args.batch_size, limit=args.limit, ablate=not args.no_ablate,

@@ -1,10 +1,11 @@
 """MedMD-synth: the embedded default dataset — phantoms whose answers are visible in the pixels.
 
 ``generate(cfg, out_dir)`` writes ``images/`` (2D PNG, 3D NIfTI), ``manifest.jsonl`` (all five RadFM
-tasks), ``scenes.jsonl`` (the ground-truth scene per image), ``baselines.json`` (blind baselines: what a
-model scores without looking) and ``pixel_probe.json`` (a linear probe on downsampled pixels: proof each
-visual answer is in the image). ``n_samples`` counts images; each image yields one row per question family
-in ``task_mix``. Splits are by image, so no test image is seen in training. Same seed, same bytes.
+tasks), ``scenes.jsonl`` (the ground-truth scene per image), ``baselines.json`` (blind baselines from
+:mod:`radfm.eval.baselines`: what a model scores without looking) and ``pixel_probe.json`` (a linear probe
+on downsampled pixels: proof each visual answer is in the image). ``n_samples`` counts images; each image
+yields one row per question family in ``task_mix``. Splits are by image, so no test image is seen in
+training. Same seed, same bytes.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from radfm.data.synth_scene import (
     sample_scene,
 )
 from radfm.data.synth_scene import render as render_scene
+from radfm.eval.baselines import baselines, majority
 
 SOURCE = "medmd-synth"
 # Question family -> manifest task. "location" rows are closed (left/right) or open ("right upper").
@@ -50,7 +52,6 @@ CHOICES = {"modality": list(MODALITIES), "plane": list(PLANES), "yesno": ["yes",
 ARTICLE = {"nodule": "a nodule", "mass": "a mass", "effusion": "an effusion", "fracture": "a fracture",
            "cyst": "a cyst"}
 NORMAL = "no abnormality"
-TEXT_FAMILIES = ("report", "rationale")
 
 
 @dataclass
@@ -356,111 +357,6 @@ def report_findings(text: str) -> list[dict[str, str | None]]:
     return out
 
 
-# ----------------------------------------------------------------------------------------- baselines
-def _tokens(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9]+", text.lower())
-
-
-def _lcs(masks: dict[str, int], n: int, b: Sequence[str]) -> int:
-    """LCS length of a sequence (``n`` tokens, given as per-token bit masks) and ``b``: bit-parallel
-    (Hyyrö 2004), one big-integer update per token of ``b`` instead of an n×m table."""
-    full = (1 << n) - 1
-    v = full
-    for tok in b:
-        u = v & masks.get(tok, 0)
-        v = ((v + u) | (v - u)) & full
-    return n - bin(v).count("1")
-
-
-def _bitmasks(a: Sequence[str]) -> dict[str, int]:
-    masks: dict[str, int] = {}
-    for i, tok in enumerate(a):
-        masks[tok] = masks.get(tok, 0) | (1 << i)
-    return masks
-
-
-def _rouge_tokens(a: Sequence[str], masks: dict[str, int], b: Sequence[str]) -> float:
-    lcs = _lcs(masks, len(a), b) if a and b else 0
-    if lcs == 0:
-        return 0.0
-    p, r = lcs / len(a), lcs / len(b)
-    return 2 * p * r / (p + r)
-
-
-def rouge_l(candidate: str, reference: str) -> float:
-    """ROUGE-L F1 on lower-cased alphanumeric tokens (as ``rouge_score`` without stemming)."""
-    a = _tokens(candidate)
-    return _rouge_tokens(a, _bitmasks(a), _tokens(reference))
-
-
-def mean_rouge_l(candidate: str, references: Sequence[str]) -> float:
-    a = _tokens(candidate)
-    masks = _bitmasks(a)
-    return float(np.mean([_rouge_tokens(a, masks, _tokens(r)) for r in references])) if references else 0.0
-
-
-def best_constant(texts: Sequence[str], max_candidates: int = 100, max_refs: int = 300) -> str:
-    """The text that maximises mean ROUGE-L against the others: the best answer that ignores the image."""
-    uniq = sorted(set(texts))
-    pick = random.Random(0)
-    cands = uniq if len(uniq) <= max_candidates else sorted(pick.sample(uniq, max_candidates))
-    refs = list(texts) if len(texts) <= max_refs else pick.sample(list(texts), max_refs)
-    ref_tokens = [_tokens(r) for r in refs]
-
-    def score(c: str) -> float:
-        a = _tokens(c)
-        masks = _bitmasks(a)
-        return sum(_rouge_tokens(a, masks, b) for b in ref_tokens)
-
-    return max(cands, key=score)
-
-
-def _majority(answers: Sequence[str]) -> str:
-    counts = Counter(answers)
-    return min(counts, key=lambda a: (-counts[a], a))
-
-
-def baselines(samples: Sequence[Sample]) -> dict[str, Any]:
-    """Blind baselines per question family and per task: fitted on train, scored on test."""
-    def family(s: Sample) -> str:
-        return str((s.meta or {}).get("family", s.task))
-
-    train = [s for s in samples if s.split == "train"]
-    test = [s for s in samples if s.split == "test"]
-    keys = sorted({family(s) for s in samples})
-    yesno_keys = sorted({f"yesno:{s.meta['finding']}" for s in samples if family(s) == "yesno"})
-    out: dict[str, Any] = {}
-    predict: dict[str, str] = {}
-    for key in keys + yesno_keys:
-        fam, _, finding = key.partition(":")
-
-        def sel(rows: Sequence[Sample], fam: str = fam, finding: str = finding) -> list[Sample]:
-            return [s for s in rows if family(s) == fam and (not finding or s.meta["finding"] == finding)]
-
-        tr, te = sel(train), sel(test)
-        if not tr:
-            continue
-        if fam in TEXT_FAMILIES:
-            const = best_constant([s.answer for s in tr])
-            value = mean_rouge_l(const, [s.answer for s in te]) if te else None
-            out[key] = {"metric": "rougeL", "constant": const, "value": value, "n_train": len(tr), "n_test": len(te)}
-        else:
-            maj = _majority([s.answer for s in tr])
-            value = float(np.mean([s.answer == maj for s in te])) if te else None
-            out[key] = {"metric": "accuracy", "majority_answer": maj, "value": value,
-                        "closed": bool(tr[0].choices), "n_train": len(tr), "n_test": len(te)}
-        if not finding:
-            predict[fam] = out[key].get("constant") or out[key]["majority_answer"]
-    tasks: dict[str, Any] = {}
-    for task in sorted({s.task for s in test}):
-        rows = [s for s in test if s.task == task and family(s) in predict]
-        metric = "rougeL" if task in TEXT_FAMILIES else "accuracy"
-        score = [rouge_l(predict[family(s)], s.answer) if metric == "rougeL" else float(predict[family(s)] == s.answer)
-                 for s in rows]
-        tasks[task] = {"metric": metric, "value": float(np.mean(score)) if score else None, "n_test": len(rows)}
-    return {"families": out, "tasks": tasks, "note": "blind baselines: fitted on train, scored on test"}
-
-
 # --------------------------------------------------------------------------------------- pixel probe
 def _load(path: Path) -> np.ndarray:
     """The middle slice of a scan or the image itself, in [0, 1]."""
@@ -538,7 +434,7 @@ def pixel_probe(out_dir: str | Path, grid: int = 16, C: float = 0.1) -> dict[str
         clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=5000))
         clf.fit(np.stack([feats[i] for i in tr]), y_tr)
         hits = clf.predict(np.stack([feats[i] for i in te])) == y_te
-        maj_hits = y_te == _majority(y_tr)
+        maj_hits = y_te == majority(y_tr)
         result[fam] = {"probe": float(hits.mean()), "majority": float(maj_hits.mean()),
                        "n_train": len(tr), "n_test": len(te)}
         if fam.startswith("presence:"):

@@ -10,7 +10,7 @@ Conventions, shared by every function here and in ``findings``/``embedding``:
 * A zero denominator when the other side is not empty scores 0, not NaN (a model that outputs nothing gets
   precision 0), so empty output is never rewarded by dropping out of an average.
 * ``preds`` and ``refs``/``gold`` must be the same length, else ``ValueError`` naming both lengths.
-* Nothing here downloads anything: sacrebleu and rouge_score tokenise with regular expressions.
+* Nothing here downloads anything: sacrebleu and :mod:`radfm.eval.rouge` tokenise with regular expressions.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from collections.abc import Collection, Hashable, Iterable, Sequence
 from functools import lru_cache
 from typing import Any
 
+from radfm.eval.rouge import rouge_l_f1
 from radfm.terms import load_terms
 
 
@@ -256,24 +257,17 @@ def bleu(preds: Sequence[str], refs: Sequence[str], lowercase: bool = True, smoo
     return out
 
 
-@lru_cache(maxsize=1)
-def _rouge_scorer() -> Any:
-    from rouge_score.rouge_scorer import RougeScorer
-
-    return RougeScorer(["rougeL"], use_stemmer=False)
-
-
 def rouge_l(preds: Sequence[str], refs: Sequence[str]) -> float:
-    """Mean over samples of the ROUGE-L F-measure (LCS-based, β = 1) from ``rouge_score`` without stemming.
+    """Mean over samples of the ROUGE-L F-measure (LCS-based, β = 1), :func:`radfm.eval.rouge.rouge_l_f1`:
+    equal, to the bit, to ``rouge_score`` without stemming.
 
-    rouge_score lower-cases and keeps ``[a-z0-9]+`` tokens (no download; non-ASCII letters are dropped);
-    a sample where either side has no token scores 0. Undefined for no samples.
+    Tokens are the lower-cased ``[a-z0-9]+`` runs (non-ASCII letters are dropped); a sample where either
+    side has no token scores 0. Undefined for no samples.
     """
     _check(preds, refs)
     if not refs:
         return Undefined("no samples")
-    scorer = _rouge_scorer()
-    return sum(scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(preds, refs)) / len(refs)
+    return sum(rouge_l_f1(p, r) for p, r in zip(preds, refs)) / len(refs)
 
 
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")

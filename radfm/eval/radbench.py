@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +15,11 @@ import numpy as np
 
 from radfm.data.datamodule import RadFMDataset
 from radfm.data.manifest import Sample, read_manifest
-from radfm.data.synth import best_constant
 from radfm.data.transforms import TransformConfig, checkpoint_transform
 from radfm.eval import metrics as M
+from radfm.eval.baselines import best_constant, family, majority
 from radfm.eval.predict import Prediction, predict
+from radfm.eval.report import summary_markdown, write_html_report
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +43,6 @@ class EvalConfig:
     transform: TransformConfig = field(default_factory=TransformConfig)
 
 
-def family(s: Sample) -> str:
-    return str((s.meta or {}).get("family") or s.task)
-
-
 def _norm(text: str) -> str:
     return " ".join(text.lower().strip().rstrip(".").split())
 
@@ -60,11 +56,7 @@ def blind_answers(train: Sequence[Sample], test: Sequence[Sample]) -> list[Predi
     const: dict[str, str] = {}
     for fam, answers in by_family.items():
         tasks = {s.task for s in train if family(s) == fam}
-        if tasks & set(TEXT_TASKS):
-            const[fam] = best_constant(answers)
-        else:
-            counts = Counter(answers)
-            const[fam] = min(counts, key=lambda a: (-counts[a], a))
+        const[fam] = best_constant(answers) if tasks & set(TEXT_TASKS) else majority(answers)
     out = []
     for s in test:
         text = const.get(family(s), "")
@@ -173,8 +165,6 @@ def evaluate(model: Any, tokenizer: Any, cfg: EvalConfig, out_dir: str | Path, c
     write_predictions(out_dir / "predictions.csv", test, systems)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
     (out_dir / "summary.md").write_text(summary_markdown(summary))
-    from radfm.eval.report import write_html_report
-
     write_html_report(out_dir, test, systems, summary, cfg.data_root)
     return summary
 
@@ -204,36 +194,6 @@ def write_predictions(path: Path, samples: Sequence[Sample], systems: dict[str, 
         for i, s in enumerate(samples):
             w.writerow([s.id, s.question, s.answer, systems["model"][i].text, s.task, family(s),
                         *[systems[k][i].text for k in extra]])
-
-
-def headline_table(summary: dict[str, Any], level: str = "tasks") -> list[list[str]]:
-    rows = [["task", "n", "model", "blind", "image-ablated", "beats both"]]
-    for key, entry in summary[level].items():
-        m = entry["model"]
-        rows.append([key, str(int(m["n"])), f"{m['headline']:.3f}",
-                     f"{entry['blind']['headline']:.3f}" if "blind" in entry else "-",
-                     f"{entry['ablated']['headline']:.3f}" if "ablated" in entry else "-",
-                     {True: "yes", False: "NO"}.get(entry.get("beats_both"), "-")])
-    return rows
-
-
-def summary_markdown(summary: dict[str, Any]) -> str:
-    lines = ["# RadBench", "",
-             "Headline per task: accuracy for closed and short answers (likelihood-ranked when the row has "
-             "choices), findings F1 for reports and rationales (ROUGE-L where no structured truth exists). Blind = "
-             "the best image-free answer fitted on train; image-ablated = this model with every image zeroed.", ""]
-    for level in ("tasks", "families"):
-        table = headline_table(summary, level)
-        heading = {"tasks": "task", "families": "family"}[level]
-        lines += [f"## per {heading}", "", "| " + " | ".join(table[0]) + " |",
-                  "|" + "---|" * len(table[0])]
-        lines += ["| " + " | ".join(r) + " |" for r in table[1:]] + [""]
-    lines += ["## all metrics (model)", ""]
-    for key, entry in summary["families"].items():
-        metrics = ", ".join(f"{k} {v:.3f}" for k, v in entry["model"].items() if k not in ("n",) and
-                            isinstance(v, float) and not np.isnan(v))
-        lines.append(f"- **{key}**: {metrics}")
-    return "\n".join(lines) + "\n"
 
 
 def flat_metrics(summary: dict[str, Any]) -> dict[str, float]:

@@ -1,5 +1,6 @@
-"""The RadBench HTML report: per-task bars (model vs blind vs image-ablated), confusion matrices of closed
-questions, and a gallery of predictions with image thumbnails (middle slice for 3D). Plots are inline PNGs."""
+"""The RadBench reports of a summary: the headline table and Markdown summary, and the HTML report with
+per-task bars (model vs blind vs image-ablated), confusion matrices of closed questions, and a gallery of
+predictions with image thumbnails (middle slice for 3D). Plots are inline PNGs."""
 
 from __future__ import annotations
 
@@ -13,7 +14,40 @@ from typing import Any
 import numpy as np
 
 from radfm.data.manifest import Sample, resolve_image_path
+from radfm.eval.baselines import family
 from radfm.eval.predict import Prediction
+
+
+def headline_table(summary: dict[str, Any], level: str = "tasks") -> list[list[str]]:
+    """The headline score of each system per task (``level="tasks"``) or per family, header row first."""
+    rows = [["task", "n", "model", "blind", "image-ablated", "beats both"]]
+    for key, entry in summary[level].items():
+        m = entry["model"]
+        rows.append([key, str(int(m["n"])), f"{m['headline']:.3f}",
+                     f"{entry['blind']['headline']:.3f}" if "blind" in entry else "-",
+                     f"{entry['ablated']['headline']:.3f}" if "ablated" in entry else "-",
+                     {True: "yes", False: "NO"}.get(entry.get("beats_both"), "-")])
+    return rows
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    """``summary.md``: the headline tables per task and per family, then every model metric per family."""
+    lines = ["# RadBench", "",
+             "Headline per task: accuracy for closed and short answers (likelihood-ranked when the row has "
+             "choices), findings F1 for reports and rationales (ROUGE-L where no structured truth exists). Blind = "
+             "the best image-free answer fitted on train; image-ablated = this model with every image zeroed.", ""]
+    for level in ("tasks", "families"):
+        table = headline_table(summary, level)
+        heading = {"tasks": "task", "families": "family"}[level]
+        lines += [f"## per {heading}", "", "| " + " | ".join(table[0]) + " |",
+                  "|" + "---|" * len(table[0])]
+        lines += ["| " + " | ".join(r) + " |" for r in table[1:]] + [""]
+    lines += ["## all metrics (model)", ""]
+    for key, entry in summary["families"].items():
+        metrics = ", ".join(f"{k} {v:.3f}" for k, v in entry["model"].items() if k not in ("n",) and
+                            isinstance(v, float) and not np.isnan(v))
+        lines.append(f"- **{key}**: {metrics}")
+    return "\n".join(lines) + "\n"
 
 
 def _png(fig: Any) -> str:
@@ -44,8 +78,6 @@ def _bars(summary: dict[str, Any]) -> str:
 
 def _confusions(samples: Sequence[Sample], preds: Sequence[Prediction], limit: int = 6) -> list[tuple[str, str]]:
     import matplotlib.pyplot as plt
-
-    from radfm.eval.radbench import family
 
     groups: dict[str, list[int]] = {}
     for i, s in enumerate(samples):
@@ -92,8 +124,6 @@ def _thumbnail(sample: Sample, data_root: str) -> str | None:
 def write_html_report(out_dir: Path, samples: Sequence[Sample], systems: dict[str, Sequence[Prediction]],
                       summary: dict[str, Any], data_root: str, gallery: int = 12) -> Path:
     import matplotlib
-
-    from radfm.eval.radbench import headline_table
 
     matplotlib.use("Agg")
     table = headline_table(summary)

@@ -11,7 +11,8 @@ import pytest
 from radfm.data.manifest import read_manifest
 from radfm.data.synth import SynthConfig, generate
 from radfm.data.transforms import TransformConfig
-from radfm.eval.radbench import EvalConfig, blind_answers, evaluate, family
+from radfm.eval.baselines import family
+from radfm.eval.radbench import EvalConfig, blind_answers, evaluate
 from radfm.model import factory
 
 
@@ -66,7 +67,7 @@ def test_empty_split_is_a_clear_error(bench_data, tmp_path, tiny_model, tiny_tok
 
 
 def test_summary_markdown_headings_split_tasks_from_families():
-    from radfm.eval.radbench import summary_markdown
+    from radfm.eval.report import summary_markdown
 
     entry = {"model": {"n": 1, "headline": 1.0}, "blind": {"headline": 0.0}, "ablated": {"headline": 0.0},
              "beats_both": True}
