@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +14,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from radfm.data import prompts
+from radfm.data.config import DataConfig, class_of
 from radfm.data.errors import Quarantine, SampleError, check_on_error
+from radfm.data.labels import label_names
 from radfm.data.manifest import Sample, read_manifest, resolve_image_path
+from radfm.data.packing import PACKED_TASK, pack_samples
 from radfm.data.sampler import ModalityBatchSampler
-from radfm.data.synth_turns import contrast_yesno, every_yesno, extra_yesno_count, redraw_yesno
 from radfm.data.transforms import TransformConfig, preprocess
+from radfm.data.turns import TurnAugment, interleave
 from radfm.model.tokenizer import RadFMTokenizer
 
 log = logging.getLogger(__name__)
@@ -30,19 +33,13 @@ class RadFMDataset(Dataset):
     def __init__(self, samples: Sequence[Sample], data_root: str | Path, tokenizer: RadFMTokenizer,
                  transform: TransformConfig, train: bool, seed: int = 0, max_length: int | None = None,
                  cache: Any = None, epoch: int = 0, packs: Sequence[Sequence[int]] | None = None,
-                 label_source: str = "labels", pack_layout: str = "inline", redraw_yesno: bool = False,
-                 yesno_extra: str = "none", images_only: bool = False) -> None:
-        if label_source not in LABEL_SOURCES:
-            raise ValueError(f"label_source {label_source!r} is not one of {LABEL_SOURCES}")
-        if pack_layout not in PACK_LAYOUTS:
-            raise ValueError(f"pack_layout {pack_layout!r} is not one of {PACK_LAYOUTS}")
-        if yesno_extra not in YESNO_EXTRA:
-            raise ValueError(f"yesno_extra {yesno_extra!r} is not one of {YESNO_EXTRA}")
+                 label_source: str = "labels", pack_layout: str = "inline", turns: TurnAugment | None = None,
+                 images_only: bool = False) -> None:
         self.samples = list(samples)
         self.label_source = label_source
         self.pack_layout = pack_layout
-        self.redraw_yesno = redraw_yesno
-        self.yesno_extra = yesno_extra
+        # turns: the data set's training-time turn augmentation (radfm.data.turns), None for none.
+        self.turns = turns
         # images_only: items without text (no tokenizing), for the vision warm-up, which reads only the images
         # and label names; see __getitem__.
         self.images_only = images_only
@@ -77,31 +74,22 @@ class RadFMDataset(Dataset):
                                        else None) for ref in sample.images]
 
     def _training_turn(self, sample: Sample, rng: random.Random | None) -> tuple[str, str]:
-        """The (question, answer) a row is trained on: templates re-drawn, yes/no re-asked (``redraw_yesno``)."""
+        """The (question, answer) a row is trained on: the data set's re-draw if it makes one, else the row's
+        turn with its question template re-drawn."""
         if rng is None:
             return sample.question, sample.answer
-        if self.redraw_yesno:
-            turn = redraw_yesno(sample.meta, rng)
+        if self.turns is not None:
+            turn = self.turns.training_turn(sample, rng)
             if turn is not None:
                 return turn
         return prompts.training_question(sample.question, sample.meta, rng), sample.answer
 
     def _extra_turns(self, members: Sequence[Sample], turns: list[tuple[str, str]],
                      rng: random.Random) -> list[tuple[int, tuple[str, str]]]:
-        """(index of the turn it follows, turn) of each extra yes/no turn (``yesno_extra``), in pack order.
-
-        ``twin``: after each yes/no turn, one about the same image with the other answer
-        (:func:`radfm.data.synth.contrast_yesno`); ``all``: after it, one about each other finding of the
-        protocol (:func:`radfm.data.synth.every_yesno`).
-        """
-        extra: list[tuple[int, tuple[str, str]]] = []
-        for k, (sample, turn) in enumerate(zip(members, turns, strict=True)):
-            if self.yesno_extra == "twin":
-                twin = contrast_yesno(sample.meta, turn[1], rng)
-                extra += [(k, twin)] if twin is not None else []
-            elif self.yesno_extra == "all":
-                extra += [(k, t) for t in every_yesno(sample.meta, rng)]
-        return extra
+        """(index of the turn it follows, turn) of each extra turn the data set adds, in pack order."""
+        assert self.turns is not None
+        return [(k, t) for k, (sample, turn) in enumerate(zip(members, turns, strict=True))
+                for t in self.turns.extra_turns(sample, turn, rng)]
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         i, epoch = key if isinstance(key, tuple) else (key, self.epoch)
@@ -135,7 +123,8 @@ class RadFMDataset(Dataset):
         positions = None
         if self.pack_layout == "inline":
             positions = [self._image_positions(s, rng) for s in members]
-        extra = self._extra_turns(members, turns, rng) if self.yesno_extra != "none" and rng is not None else []
+        adds = self.turns is not None and self.turns.adds_turns and rng is not None
+        extra = self._extra_turns(members, turns, rng) if adds else []
         if self.images_only:
             return self._images_item(first, self.load_images(first, rng))
         n = len(first.images)
@@ -173,99 +162,6 @@ class RadFMDataset(Dataset):
         """
         return {"id": sample.id, "task": PACKED_TASK if self.packs is not None else sample.task,
                 "images": images, "is_3d": sample.is_3d, "label_names": label_names(sample, self.label_source)}
-
-
-def interleave(turns: Sequence[tuple[str, str]], positions: Sequence[Any] | None,
-               extra: Sequence[tuple[int, tuple[str, str]]]) -> tuple[list[tuple[str, str]], list[Any] | None]:
-    """``turns`` with each ``(k, turn)`` of ``extra`` placed right after turn k (in ``extra``'s order); an
-    extra turn takes its turn k's image positions."""
-    after: dict[int, list[tuple[str, str]]] = {}
-    for k, turn in extra:
-        after.setdefault(k, []).append(turn)
-    out: list[tuple[str, str]] = []
-    out_pos: list[Any] = []
-    for k, turn in enumerate(turns):
-        for t in (turn, *after.get(k, ())):
-            out.append(t)
-            if positions is not None:
-                out_pos.append(positions[k])
-    return out, (out_pos if positions is not None else None)
-
-
-LABEL_SOURCES = ("labels", "findings", "scene")
-PACK_LAYOUTS = ("inline", "shared")  # see RadFMTokenizer.format_turns
-YESNO_EXTRA = ("none", "twin", "all")  # extra yes/no turns in training packs (see RadFMDataset._extra_turns)
-TEMPLATE_SLACK = 8  # tokens kept per extra turn beyond its row's own: another template may be a little longer
-
-
-def label_names(sample: Sample, source: str = "labels") -> list[str] | None:
-    """What the training-only label head learns of a row; None: nothing known (the row gets no target).
-
-    ``labels``: the manifest's ``labels`` list. ``findings``: from structured findings (``meta["findings"]``,
-    MedMD-synth's form: dicts with ``type`` and an optional ``side``), each finding's type and, when sided,
-    ``"<type> <side>"`` — so the head also learns where a lesion is, which reports and rationales must name.
-    ``scene``: the findings' names plus ``"modality <m>"``, ``"plane <p>"``, ``"count <n>"``, ``"<type> <size>"``
-    and ``"<type> <side> <region>"`` (MedMD-synth's meta).
-    """
-    if source == "labels":
-        return None if sample.labels is None else list(sample.labels)
-    meta = sample.meta or {}
-    findings = meta.get("findings")
-    if findings is None:
-        return None
-    names = {str(f["type"]) for f in findings}
-    names |= {f"{f['type']} {f['side']}" for f in findings if f.get("side")}
-    if source == "scene":
-        # Everything a question about the image asks: the study (modality, plane), the lesion count, and
-        # per finding its size and full location ("nodule right upper"), so that the warm-up and the head
-        # teach the image tokens every answer, not only which lesions are present.
-        names |= {f"{k} {meta[k]}" for k in ("modality", "plane") if meta.get(k)}
-        names.add(f"count {len(findings)}")
-        names |= {f"{f['type']} {f['size']}" for f in findings if f.get("size")}
-        names |= {" ".join(str(f[k]) for k in ("type", "side", "region") if f.get(k)) for f in findings
-                  if f.get("region")}
-    return sorted(names)
-
-
-PACKED_TASK = "packed"  # the task logged for a packed training row (its turns may belong to several tasks)
-
-
-def pack_samples(samples: Sequence[Sample], tokenizer: RadFMTokenizer, max_length: int | None,
-                 layout: str = "inline", extra_turns: Callable[[Sample], int] | None = None) -> list[list[int]]:
-    """Group the indices of samples that ask about the same images, each group within ``max_length`` tokens.
-
-    Samples with the same image list (paths and kinds, in order) and at least one image are packed in manifest
-    order; a group that would exceed ``max_length`` (measured with the manifest's questions) is cut into
-    several packs. Text-only samples stay alone. Every sample lands in exactly one pack. ``extra_turns``: how
-    many extra turns of about its own size a sample will bring at training time (``yesno_extra``); their room
-    is kept (with a few tokens to spare for a longer template), so that the extras fit.
-    """
-    groups: dict[tuple[tuple[str, str], ...], list[int]] = {}
-    packs: list[list[int]] = []
-    for i, s in enumerate(samples):
-        if s.images:
-            groups.setdefault(tuple((ref.path, ref.kind) for ref in s.images), []).append(i)
-        else:
-            packs.append([i])
-    for idx in groups.values():
-        n_images = len(samples[idx[0]].images)
-        # The shared prefix: BOS + the image blocks (shared layout) or BOS alone (inline: blocks in every turn).
-        prefix = tokenizer.format_turns([("q", "a")], n_images, positions=None if layout == "shared" else
-                                        [["start"] * n_images]).segments.count(0)
-        current: list[int] = []
-        used = prefix
-        for i in idx:
-            cost = len(tokenizer.format_prompt(samples[i].question, samples[i].answer,
-                                               ["start"] * n_images).input_ids) - prefix
-            if extra_turns is not None:
-                cost += extra_turns(samples[i]) * (cost + TEMPLATE_SLACK)
-            if current and max_length is not None and used + cost > max_length:
-                packs.append(current)
-                current, used = [], prefix
-            current.append(i)
-            used += cost
-        packs.append(current)
-    return packs
 
 
 @dataclass
@@ -329,67 +225,6 @@ class ResumableDataLoader(DataLoader):
         self._resume_at = state["consumed"]
 
 
-@dataclass
-class DataConfig:
-    manifest: str = ""
-    data_root: str = ""
-    batch_size_2d: int = 8
-    batch_size_3d: int = 4
-    num_workers: int = 0
-    seed: int = 0
-    on_error: str = "raise"
-    max_length: int | None = None
-    prevalidate: bool = True
-    transform: TransformConfig = field(default_factory=TransformConfig)
-    # Class-balanced training batches: None (off), "label" (meta["label"], else the sorted label list) or
-    # "answer" (the answer text, for any closed question). Evaluation loaders are never rebalanced.
-    balance: str | None = None
-    # Training only: every question about the same images in one sequence (pack_samples / format_turns),
-    # each turn masked from the others, so one image encoding serves all of its questions.
-    pack_questions: bool = False
-    # What each row's `label_names` holds for the training-only label head (see label_names).
-    label_source: str = "labels"
-    # Packed sequences: "inline" (each turn with its own image blocks, placed as unpacked samples place them)
-    # or "shared" (the images once, first; cheaper, but trains only the images-first layout).
-    pack_layout: str = "inline"
-    # Training only: re-draw which finding a MedMD-synth yes/no row asks about each time it is trained
-    # (radfm.data.synth.redraw_yesno); other rows and other datasets are untouched.
-    redraw_yesno: bool = False
-    # Training only, packed MedMD-synth: extra yes/no turns after each yes/no turn of a pack, about the same
-    # image: "none", "twin" (one with the other answer, radfm.data.synth.contrast_yesno) or "all" (one per
-    # other finding of the protocol, radfm.data.synth.every_yesno); needs pack_questions.
-    yesno_extra: str = "none"
-
-    def __post_init__(self) -> None:
-        if self.yesno_extra not in YESNO_EXTRA:
-            raise ValueError(f"data yesno_extra {self.yesno_extra!r} is not one of {YESNO_EXTRA}")
-        if self.yesno_extra != "none" and not self.pack_questions:
-            raise ValueError(f"data yesno_extra={self.yesno_extra} needs data pack_questions: the extra yes/no "
-                             "turns are turns of their row's pack")
-        if self.balance not in BALANCE_KEYS:
-            raise ValueError(f"data balance {self.balance!r} is not one of {BALANCE_KEYS}")
-        if self.label_source not in LABEL_SOURCES:
-            raise ValueError(f"data label_source {self.label_source!r} is not one of {LABEL_SOURCES}")
-        if self.pack_layout not in PACK_LAYOUTS:
-            raise ValueError(f"data pack_layout {self.pack_layout!r} is not one of {PACK_LAYOUTS}")
-
-
-BALANCE_KEYS = (None, "label", "answer")
-
-
-def class_of(sample: Sample, key: str) -> Hashable:
-    """The class a balanced sampler groups ``sample`` under (see :attr:`DataConfig.balance`)."""
-    if key == "answer":
-        return sample.answer.strip().lower()
-    if key == "label":
-        meta = sample.meta or {}
-        if "label" in meta:
-            label = meta["label"]
-            return tuple(label) if isinstance(label, list) else label
-        return tuple(sorted(sample.labels or ()))
-    raise ValueError(f"data balance {key!r} is not one of {BALANCE_KEYS}")
-
-
 class RadFMDataModule(L.LightningDataModule):
     """Reads the manifest, checks every sample once (which also fills the tensor cache), serves loaders.
 
@@ -432,18 +267,17 @@ class RadFMDataModule(L.LightningDataModule):
 
     def _dataset(self, samples: Sequence[Sample], train: bool,
                  packs: Sequence[Sequence[int]] | None = None, images_only: bool = False) -> RadFMDataset:
-        return RadFMDataset(samples, self.cfg.data_root, self.tokenizer, self.cfg.transform, train,
+        return RadFMDataset(samples, self.cfg.root, self.tokenizer, self.cfg.transform, train,
                             self.cfg.seed, self.cfg.max_length, self.cache, packs=packs,
                             label_source=self.cfg.label_source, pack_layout=self.cfg.pack_layout,
-                            redraw_yesno=self.cfg.redraw_yesno, yesno_extra=self.cfg.yesno_extra,
-                            images_only=images_only)
+                            turns=self.cfg.turns if train else None, images_only=images_only)
 
     def _loader(self, split: str, train: bool, images_only: bool = False) -> DataLoader:
         samples = self.splits.get(split, [])
         if not samples:
             raise ValueError(f"the {split} split of {self.cfg.manifest} is empty")
-        extra = (None if self.cfg.yesno_extra == "none" or not train
-                 else lambda s: extra_yesno_count(s.meta, s.answer, self.cfg.yesno_extra))
+        turns = self.cfg.turns
+        extra = turns.extra_count if train and turns is not None and turns.adds_turns else None
         packs = (pack_samples(samples, self.tokenizer, self.cfg.max_length, self.cfg.pack_layout, extra)
                  if train and self.cfg.pack_questions else None)
         ds = self._dataset(samples, train, packs, images_only)

@@ -96,3 +96,37 @@ def extra_yesno_count(meta: dict[str, Any] | None, answer: str, mode: str) -> in
     if mode == "twin":
         return int(bool(_twin_pool(meta, answer)))
     return len(_other_findings(meta)) if mode == "all" else 0
+
+
+YESNO_EXTRA = ("none", "twin", "all")
+
+
+class YesNoTurns:
+    """MedMD-synth's yes/no turns as a :class:`radfm.data.turns.TurnAugment` (``data.turns``).
+
+    ``redraw``: every time a yes/no row is trained it asks about a re-drawn finding (:func:`redraw_yesno`).
+    ``extra``: after each yes/no turn of a pack, ``twin`` adds one about the same image with the other answer
+    (:func:`contrast_yesno`), ``all`` one about each other finding of the protocol (:func:`every_yesno`),
+    ``none`` nothing. Rows that are not this generator's yes/no are untouched.
+    """
+
+    def __init__(self, redraw: bool = False, extra: str = "none") -> None:
+        if extra not in YESNO_EXTRA:
+            raise ValueError(f"data.turns.extra {extra!r} is not one of {YESNO_EXTRA}")
+        self.redraw = bool(redraw)
+        self.extra = extra
+        self.adds_turns = extra != "none"
+
+    def training_turn(self, sample: Any, rng: random.Random) -> tuple[str, str] | None:
+        return redraw_yesno(sample.meta, rng) if self.redraw else None
+
+    def extra_turns(self, sample: Any, turn: tuple[str, str], rng: random.Random) -> list[tuple[str, str]]:
+        if self.extra == "twin":
+            twin = contrast_yesno(sample.meta, turn[1], rng)
+            return [twin] if twin is not None else []
+        if self.extra == "all":
+            return every_yesno(sample.meta, rng)
+        return []
+
+    def extra_count(self, sample: Any) -> int:
+        return extra_yesno_count(sample.meta, sample.answer, self.extra)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -30,13 +30,26 @@ class VisionEmbedder(nn.Module):
         self.resampler = PerceiverResampler(cfg.resampler)
         self.projection = nn.Linear(cfg.resampler.dim, cfg.lm.hidden_size)
 
-    def forward(self, images: torch.Tensor, patch_max: bool = False
+    def forward(self, images: torch.Tensor, with_patches: bool = False
                 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """``N×num_latents×lm_hidden`` tokens; with ``patch_max`` also ``N×width``, each image's ViT patch
-        tokens max-pooled (what a training-only patch head reads: radfm.train.module)."""
+        """``N×num_latents×lm_hidden`` tokens; with ``with_patches`` also the ViT's ``N×P×width`` patch tokens
+        (what an objective that reads patches asks for: :class:`ImageEncoding`)."""
         patches = self.encoder(images)  # N×P×width
         tokens = self.projection(self.resampler(patches))
-        return (tokens, patches.amax(dim=1)) if patch_max else tokens
+        return (tokens, patches) if with_patches else tokens
+
+
+@dataclass
+class ImageEncoding:
+    """The vision side's output for a list of N images, in input order.
+
+    ``tokens``: ``N×K×hidden`` (the LM's image tokens). ``patches``: the ViT's patch tokens when asked for,
+    as ``(indices, n×P×width)`` groups of same-shaped images (P differs between shapes, e.g. 3D depth
+    buckets), so nothing is copied or pooled here: pooling belongs to whoever reads them.
+    """
+
+    tokens: torch.Tensor
+    patches: tuple[tuple[list[int], torch.Tensor], ...] | None = None
 
 
 class RadFMModel(nn.Module):
@@ -58,24 +71,29 @@ class RadFMModel(nn.Module):
         self.suppress_ids = list(suppress_ids)
 
     # ---- embedding ------------------------------------------------------------------------------
-    def encode_images(self, images: Images, patch_max: bool = False) -> Any:
-        """Return ``N×K×hidden`` image tokens, in input order, or None without images.
+    def encode_images(self, images: Images) -> torch.Tensor | None:
+        """Return ``N×K×hidden`` image tokens, in input order, or None without images."""
+        encoding = self.encode(images)
+        return None if encoding is None else encoding.tokens
 
-        ``patch_max``: a pair instead, the tokens and ``N×width`` max-pooled ViT patch tokens per image
-        (:meth:`VisionEmbedder.forward`); (None, None) without images.
-        """
+    def encode(self, images: Images, with_patches: bool = False) -> ImageEncoding | None:
+        """The :class:`ImageEncoding` of ``images`` (one ``N×C×H×W×D`` tensor or a list of ``C×H×W×D``
+        tensors whose shapes may differ: each shape group is encoded in one pass), or None without images."""
         if images is None:
-            return (None, None) if patch_max else None
+            return None
         if isinstance(images, torch.Tensor):
             if images.dim() != 5:
                 raise ValueError(
                     f"images must be N×C×H×W×D (rank 5), got rank {images.dim()} with shape {tuple(images.shape)}"
                 )
             if not images.shape[0]:
-                return (None, None) if patch_max else None
-            return self.vision(images, patch_max=patch_max)
+                return None
+            out = self.vision(images, with_patches=with_patches)
+            if with_patches:
+                return ImageEncoding(out[0], ((list(range(images.shape[0])), out[1]),))
+            return ImageEncoding(out)
         if len(images) == 0:
-            return (None, None) if patch_max else None
+            return None
         for i, img in enumerate(images):
             if img.dim() != 4:
                 raise ValueError(
@@ -85,18 +103,17 @@ class RadFMModel(nn.Module):
         for i, img in enumerate(images):
             groups.setdefault(tuple(img.shape), []).append(i)
         out: torch.Tensor | None = None
-        pooled: torch.Tensor | None = None
+        patches: list[tuple[list[int], torch.Tensor]] = []
         for idx in groups.values():
-            feats = self.vision(torch.stack([images[i] for i in idx]), patch_max=patch_max)
-            if patch_max:
-                feats, pool = feats
-                if pooled is None:
-                    pooled = pool.new_empty((len(images), pool.shape[1]))
-                pooled[idx] = pool
+            feats = self.vision(torch.stack([images[i] for i in idx]), with_patches=with_patches)
+            if with_patches:
+                feats, group_patches = feats
+                patches.append((idx, group_patches))
             if out is None:
                 out = feats.new_empty((len(images), *feats.shape[1:]))
             out[idx] = feats
-        return (out, pooled) if patch_max else out
+        assert out is not None
+        return ImageEncoding(out, tuple(patches) if with_patches else None)
 
     def embed(self, input_ids: torch.Tensor, images: Images = None,
               image_features: torch.Tensor | None = None) -> torch.Tensor:

@@ -106,11 +106,11 @@ def param_counts_on_meta(cfg: DictConfig, tokenizer: Any) -> Any:
     """The module's counts and preset without allocating weights (a 13B run's driver has no GPU)."""
     import torch
 
+    from radfm.train.builder import build_model_config
     from radfm.train.module import RadFMLitModule
-    from radfm.train.train import build_model_config
 
     with torch.device("meta"):
-        return RadFMLitModule(build_model_config(cfg), tokenizer, freeze=cfg.freeze,
+        return RadFMLitModule(build_model_config(cfg), tokenizer, objectives=[], freeze=cfg.freeze,
                               lora=OmegaConf.to_container(cfg.lora) if cfg.lora else None)
 
 
@@ -123,7 +123,7 @@ def train_with_ray(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from radfm.data.datamodule import RadFMDataModule
     from radfm.model.tokenizer import RadFMTokenizer
     from radfm.registry.tracking import RunTracker
-    from radfm.train.train import build_data_config, build_model_config
+    from radfm.train.builder import build_data_config, build_model_config
 
     run_dir = Path(run_dir).resolve()
     rcfg = cfg.trainer.ray
@@ -214,11 +214,9 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     from ray.train.lightning import RayLightningEnvironment, prepare_trainer
 
-    from radfm.data.cache import TensorCache
-    from radfm.data.datamodule import RadFMDataModule
     from radfm.model.tokenizer import RadFMTokenizer
     from radfm.paths import configure_caches
-    from radfm.train import train as tr
+    from radfm.train import builder
     from radfm.train.allocator import keep_freed_memory
 
     cfg = OmegaConf.create(config["cfg"])
@@ -231,11 +229,11 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
     (run_dir / PIDS_DIR).mkdir(parents=True, exist_ok=True)
     (run_dir / PIDS_DIR / f"rank{rank}.pid").write_text(str(os.getpid()))
 
-    model_cfg = tr.build_model_config(cfg)
+    model_cfg = builder.build_model_config(cfg)
     tokenizer = RadFMTokenizer.load(run_dir / "tokenizer", model_cfg.num_image_tokens)
-    dm = RadFMDataModule(tr.build_data_config(cfg), tokenizer,
-                         cache=TensorCache(Path(str(cfg.paths.cache_dir)) / "tensors"))
-    module = tr.build_module(cfg, model_cfg, tokenizer)
+    # Each rank warms up (a stage, in the fit's setup) on its own shard; DDP then broadcasts rank 0's weights
+    # when it wraps the module.
+    run = builder.build_run(cfg, tokenizer, setup=False)
     logger: Any = False
     if rank == 0 and config.get("run_id"):
         from lightning.pytorch.loggers import MLFlowLogger
@@ -243,28 +241,24 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
         logger = MLFlowLogger(tracking_uri=config["tracking_uri"], run_id=config["run_id"], log_model=False)
 
     rcfg = cfg.trainer.ray
-    kwargs = {k: v for k, v in tr.build_trainer_kwargs(cfg).items()
+    kwargs = {k: v for k, v in builder.build_trainer_kwargs(cfg).items()
               if k not in ("accelerator", "devices", "strategy")}
     report = _report_callback(int(rcfg.checkpoint_every_n_steps), run_dir, tokenizer,
                               {"data_version": config.get("data_version", "unknown"),
-                               "transform": tr.transform_record(tr.build_data_config(cfg))})
+                               "transform": builder.transform_record(run.data_cfg)})
     trainer = L.Trainer(**kwargs, accelerator="gpu" if rcfg.use_gpu else "cpu", devices="auto",
                         strategy=_strategy(rcfg), plugins=[RayLightningEnvironment()],
                         use_distributed_sampler=False,  # ModalityBatchSampler shards by rank itself
-                        callbacks=[report], logger=logger, enable_checkpointing=False,
+                        callbacks=[report, *run.stages], logger=logger, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(run_dir))
     trainer = prepare_trainer(trainer)
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:  # a fresh run: an explicit ckpt_path (or a one-process run's last.ckpt) if given
-        ckpt_path = tr.resolve_ckpt_path(cfg, run_dir)
-        # Each rank warms up on its own shard; DDP then broadcasts rank 0's weights when it wraps the module.
-        dm.setup()
-        tr.warm_up(cfg, module, dm, resuming=ckpt_path is not None)
-        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+        trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=builder.resolve_ckpt_path(cfg, run_dir))
         return
     with checkpoint.as_directory() as ckpt_dir:
-        trainer.fit(module, datamodule=dm, ckpt_path=str(Path(ckpt_dir) / CKPT_NAME))
+        trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=str(Path(ckpt_dir) / CKPT_NAME))
 
 
 def _strategy(rcfg: DictConfig) -> Any:
