@@ -185,16 +185,19 @@ def training_parts(cfg: Any, tokenizer_dir: str | Path) -> tuple[Any, Any, Any, 
 
     from radfm.data.cache import TensorCache
     from radfm.data.datamodule import RadFMDataModule
+    from radfm.paths import configure_caches
+    from radfm.train import builder as B
     from radfm.train import train as T
+    from radfm.train.data_prep import ensure_dataset
 
-    T.configure_caches()
-    manifest = T.ensure_dataset(cfg.data)
-    model_cfg = T.build_model_config(cfg)
+    configure_caches()
+    manifest = ensure_dataset(cfg.data)
+    model_cfg = B.build_model_config(cfg)
     tokenizer = T.prepare_tokenizer(model_cfg, manifest, Path(tokenizer_dir))
-    data_cfg = dataclasses.replace(T.build_data_config(cfg), prevalidate=False)
+    data_cfg = dataclasses.replace(B.build_data_config(cfg), prevalidate=False)
     dm = RadFMDataModule(data_cfg, tokenizer, cache=TensorCache(Path(str(cfg.paths.cache_dir)) / "tensors"))
     dm.setup()
-    return tokenizer, data_cfg, dm, T.build_module(cfg, model_cfg, tokenizer)
+    return tokenizer, data_cfg, dm, B.build_module(cfg, model_cfg, tokenizer, data_cfg=data_cfg)
 
 
 # ---- a yardstick for the vision side ---------------------------------------------------------------------------

@@ -62,16 +62,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     def full_logits(batch: dict[str, Any]) -> torch.Tensor:
         """The same loss from the full B×T×V logits (the step's computation before logits_at)."""
-        features, blocks = module.image_features(batch)
+        from radfm.model.multimodal import ImageEncoding
+        from radfm.train.module import per_block
+        from radfm.train.objectives import StepEncoding
+
+        images = module.encode(batch)
+        blocks = per_block(images.tokens, batch["image_blocks"]) if "image_blocks" in batch else images.tokens
         logits = module.model(batch["input_ids"], batch["attention_mask"], image_features=blocks,
                               segment_ids=batch.get("segment_ids"))["logits"]
         target = batch["labels"][:, 1:]
         per_token = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), target, ignore_index=IGNORE_INDEX,
                                     reduction="none")
-        weights = module.weighter(batch["labels"])[:, 1:]
+        weights = module.objectives["answer"].weighter(batch["labels"])[:, 1:]
         loss = (per_token * weights).sum() / weights.sum().clamp_min(1.0)
-        aux = module.label_loss(features, batch)
-        return loss if aux is None else loss + module.label_head_weight * aux
+        encoding = StepEncoding(images if isinstance(images, ImageEncoding) else None, None, train=True)
+        for name in ("label_head", "patch_head"):
+            aux = module.objectives[name].loss(batch, encoding)
+            loss = loss if aux is None else loss + module.objectives[name].weight * aux
+        return loss
 
     variants = {"answer positions (logits_at)": answer_only, "full B×T×V logits": full_logits}
     passes: dict[str, list[float]] = {k: [] for k in variants}

@@ -41,8 +41,8 @@ def main() -> int:
     import lightning as L
     import torch
 
+    from radfm.train.callbacks.vision_warmup import warm_up_vision
     from radfm.train.compose import compose
-    from radfm.train.warmup import warm_up_vision
 
     cfg = compose(["experiment=demo_tiny", "logger=none", *args.overrides])
     L.seed_everything(int(cfg.seed))

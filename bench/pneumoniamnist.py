@@ -55,7 +55,8 @@ def run_seed(seed: int, overrides: list[str], tta: int = 1) -> dict[str, Any]:
     from radfm.eval.binary import evaluate_model_dir
     from radfm.model.checkpoint import load_pretrained
     from radfm.model.factory import count_parameters
-    from radfm.train.train import build_data_config, run_dir_of, train
+    from radfm.train.builder import build_data_config
+    from radfm.train.train import run_dir_of, train
 
     # train.yaml lists _self_ after experiment, so its own task_name/run_name win over an experiment's: name
     # the run here (before the user's overrides, which may rename it).
@@ -68,12 +69,12 @@ def run_seed(seed: int, overrides: list[str], tta: int = 1) -> dict[str, Any]:
     data_cfg = build_data_config(cfg)
     t1 = time.perf_counter()
     cache = TensorCache(Path(str(cfg.paths.cache_dir)) / "tensors")
-    metrics, _ = evaluate_model_dir(run_dir / "model", data_cfg.manifest, data_cfg.data_root, data_cfg.transform,
+    metrics, _ = evaluate_model_dir(run_dir / "model", data_cfg.manifest, data_cfg.root, data_cfg.transform,
                                     cache=cache, tta=tta)
     t_eval = time.perf_counter() - t1
     plain = {}
     if tta > 1:  # the single-view figures of the same model, beside the headline test-time-augmented ones
-        plain, _ = evaluate_model_dir(run_dir / "model", data_cfg.manifest, data_cfg.data_root,
+        plain, _ = evaluate_model_dir(run_dir / "model", data_cfg.manifest, data_cfg.root,
                                       data_cfg.transform, cache=cache, tta=1)
     model, _ = load_pretrained(run_dir / "model")
     return {

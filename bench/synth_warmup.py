@@ -7,7 +7,7 @@ training-only label head read as a lesion detector, per lesion type, on the trai
 Why: a warm-up step costs a fraction of a joint step, and the model's yes/no answers follow what the image
 tokens carry (BENCHMARKS.md, "Main job"). So this measures cheaply where the lesions are lost, before paying for
 a joint fit. The config is ``experiment=demo_tiny`` plus the overrides; the warm-up is
-``radfm.train.warmup.warm_up_vision`` as ``radfm train`` runs it. Two scores, each at logit 0 and as AUC:
+``radfm.train.callbacks.vision_warmup.warm_up_vision`` as ``radfm train`` runs it. Two scores, each at logit 0 and as AUC:
 
 - ``yesno``: the head's logit for the asked finding on each yes/no row (the rows RadBench scores);
 - ``pairs``: every finding type the scene's protocol can show, on every image of the split (present or not):
@@ -68,8 +68,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from radfm.data.datamodule import RadFMDataset
     from radfm.data.manifest import read_manifest
     from radfm.data.synth_scene import PROTOCOLS
+    from radfm.train.callbacks.vision_warmup import warm_up_vision
     from radfm.train.compose import compose
-    from radfm.train.warmup import warm_up_vision
 
     cfg = compose(["experiment=demo_tiny", "logger=none", *args.overrides])
     L.seed_everything(int(cfg.seed))
@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     stats = warm_up_vision(module, dm.train_dataloader(), args.steps, args.lr, head_lr=args.head_lr, ramp=args.ramp,
                           encoder_lr=args.encoder_lr)
     module.eval()
-    index = {name: j for j, name in enumerate(module.label_names)}
+    label_head = module.objectives["label_head"]
+    index = {name: j for j, name in enumerate(label_head.names)}
     samples = read_manifest(data_cfg.manifest)
     scenes = {}
     with open(Path(data_cfg.manifest).parent / "scenes.jsonl") as fh:
@@ -92,12 +93,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for split in ("train", "test"):
             rows = [s for s in samples if s.split == split and s.meta.get("family") == "yesno"]
             images = [s for k, s in one_per_image.items() if scenes[k]["split"] == split]
-            ds = RadFMDataset(rows + images, data_cfg.data_root, tokenizer, data_cfg.transform, train=False,
+            ds = RadFMDataset(rows + images, data_cfg.root, tokenizer, data_cfg.transform, train=False,
                               cache=dm.cache)
 
             def logits(sample: Any, ds: Any = ds) -> torch.Tensor:
                 tokens = module.model.vision(ds.load_images(sample)[0].unsqueeze(0))  # 1×K×hidden
-                return module.label_head(module.pool_tokens(tokens[0]))[0]
+                pooled = (tokens[0].max(dim=0, keepdim=True).values if label_head.pool == "max"
+                          else tokens[0].mean(dim=0, keepdim=True))
+                return label_head.head(pooled)[0]
 
             z, y, types = [], [], []
             for s in rows:

@@ -1,6 +1,6 @@
 """Train the demo config with Hydra overrides (no MLflow), then RadBench on the test split: a quick A/B harness.
 
-    .venv/bin/python bench/train_eval.py NAME [OVERRIDES…]     # e.g. vision_warmup.steps=900
+    .venv/bin/python bench/train_eval.py NAME [OVERRIDES…]     # e.g. callbacks.vision_warmup.steps=900
     .venv/bin/python bench/train_eval.py NAME --ablate …        # also the image-ablated baseline
 
 Runs under RADFM_HOME (default bench/results/train-eval-home; data in its data/ folder), prints the per-task and

@@ -10,7 +10,7 @@ cheaply what the image tokens can carry, before paying for the joint fit. ``--cn
 plain CNN reference (3×3 conv blocks with C, 2C, 4C channels, two max-pools, 7×7 tokens → the LM width): not the
 radfm model, a yardstick in the same data pipeline, batches and head.
 
-The config is ``experiment=pneumoniamnist`` + ``label_head_weight=1.0`` + the overrides (e.g.
+The config is ``experiment=pneumoniamnist`` + its label head + the overrides (e.g.
 ``model.vision.stem_channels=16``); the score is the head's logit on the mean image token, single view and averaged
 over the 8 fixed views of ``radfm.eval.binary.TTA_VIEWS``; ACC at logit 0. Runs under ``RADFM_HOME``.
 """
@@ -40,18 +40,20 @@ def head_scores(module: Any, images: list[Any], views: int, patch: bool = False)
     import torch
 
     from radfm.eval.binary import TTA_VIEWS, view_image
+    from radfm.train.objectives.patch_head import max_patches
 
+    heads = module.objectives
     total = np.zeros(len(images))
     with torch.no_grad():
         for view in TTA_VIEWS[:views]:
             for i in range(0, len(images), 128):
                 batch = torch.stack([view_image(x, view) for x in images[i:i + 128]])
                 if patch:
-                    _, pooled = module.model.vision(batch, patch_max=True)  # N×width
-                    total[i:i + len(batch)] += module.patch_head(pooled)[:, 0].numpy()
+                    enc = module.model.encode(batch, with_patches=True)
+                    total[i:i + len(batch)] += heads["patch_head"].head(max_patches(enc.patches))[:, 0].numpy()
                 else:
                     tokens = module.model.vision(batch)  # N×K×hidden
-                    total[i:i + len(batch)] += module.label_head(tokens.mean(dim=1))[:, 0].numpy()
+                    total[i:i + len(batch)] += heads["label_head"].head(tokens.mean(dim=1))[:, 0].numpy()
     return total / views
 
 
@@ -76,10 +78,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from radfm.data.manifest import read_manifest
     from radfm.eval.binary import binary_samples
     from radfm.eval.metrics import auc
-    from radfm.train.warmup import warm_up_vision
+    from radfm.train.callbacks.vision_warmup import warm_up_vision
 
     torch.set_num_threads(args.threads)
-    cfg = P.compose_cfg(args.seed, ["label_head_weight=1.0", *args.overrides])
+    cfg = P.compose_cfg(args.seed, list(args.overrides))
     L.seed_everything(args.seed)
     tokenizer, data_cfg, dm, module = training_parts(cfg, Path(str(cfg.paths.runs_dir)) / "vision-warmup")
     if args.cnn:
@@ -95,14 +97,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for split in ("val", "test"):
         samples = [s for s in rows if s.split == split]
-        ds = RadFMDataset(samples, data_cfg.data_root, tokenizer, data_cfg.transform, train=False, cache=dm.cache)
+        ds = RadFMDataset(samples, data_cfg.root, tokenizer, data_cfg.transform, train=False, cache=dm.cache)
         y = np.array([int(s.answer == "yes") for s in samples])
         images = [ds.load_images(s)[0] for s in samples]
         for views in (1, 8):
             h = head_scores(module, images, views)
             result[f"{split}_auc_tta{views}"] = auc(h.tolist(), y.tolist())
             result[f"{split}_acc_tta{views}"] = float(np.mean((h >= 0) == y))
-            if getattr(module, "patch_head", None) is not None:
+            if "patch_head" in module.objectives:
                 h = head_scores(module, images, views, patch=True)
                 result[f"{split}_patch_auc_tta{views}"] = auc(h.tolist(), y.tolist())
                 result[f"{split}_patch_acc_tta{views}"] = float(np.mean((h >= 0) == y))
