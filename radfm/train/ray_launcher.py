@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 CKPT_NAME = "checkpoint.ckpt"  # ray.train.lightning.RayTrainReportCallback.CHECKPOINT_NAME
 MODEL_SUBDIR = "model"
+RAY_RUN_NAME = "train"  # the run folder under storage_path (Ray restores a run found there)
 PIDS_DIR = "worker_pids"  # rank{r}.pid: the process of each live worker (operators and tests kill by it)
 STARTS = "starts.jsonl"  # a line per worker (re)start: rank, pid, resumed_from_step, world_size, threads
 LOCAL_RAY_ENV = {
@@ -116,9 +117,6 @@ def param_counts_on_meta(cfg: DictConfig, tokenizer: Any) -> Any:
 
 def train_with_ray(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train as ``cfg`` says on ``cfg.trainer.ray.num_workers`` Ray workers; metrics like :func:`train`."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     from radfm.data.cache import TensorCache
     from radfm.data.datamodule import RadFMDataModule
     from radfm.model.tokenizer import RadFMTokenizer
@@ -142,12 +140,7 @@ def train_with_ray(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     try:
         tracker.log_start(cfg, param_counts_on_meta(wcfg, tokenizer), dm, Path(str(cfg.data.manifest)))
         storage = str(rcfg.get("storage_path") or run_dir / "ray")
-        name = "train"
-        if cfg.get("ckpt_path") != "last" and "://" not in storage and (Path(storage) / name).exists():
-            # Ray restores a run found under storage_path/name; only ckpt_path=last asks for that.
-            shutil.rmtree(Path(storage) / name)
-        shutil.rmtree(run_dir / PIDS_DIR, ignore_errors=True)  # markers of an earlier run of this name
-        (run_dir / STARTS).unlink(missing_ok=True)
+        _clear_earlier_run(cfg, storage, run_dir)
         loop_config = {
             "cfg": OmegaConf.to_container(wcfg, resolve=True),
             "run_dir": str(run_dir),
@@ -155,36 +148,11 @@ def train_with_ray(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "tracking_uri": str(wcfg.logger.tracking_uri) if tracker.enabled else None,
             "data_version": tracker.data_version,
         }
-        trainer = TorchTrainer(
-            _train_loop_per_worker,
-            train_loop_config=loop_config,
-            scaling_config=ScalingConfig(num_workers=int(rcfg.num_workers), use_gpu=bool(rcfg.use_gpu),
-                                         resources_per_worker=resources or None),
-            run_config=RunConfig(
-                name=name, storage_path=storage,
-                checkpoint_config=CheckpointConfig(num_to_keep=rcfg.get("keep_checkpoints") or None),
-                failure_config=FailureConfig(max_failures=int(rcfg.max_failures)),
-                worker_runtime_env={"env_vars": _worker_env()},
-            ),
-        )
-        result = trainer.fit()
-        if result.checkpoint is None:
-            raise RuntimeError(f"Ray Train finished without a checkpoint; see the logs under {storage}")
-        model_dir = run_dir / MODEL_SUBDIR
-        with result.checkpoint.as_directory() as ckpt_dir:
-            if model_dir.exists():
-                shutil.rmtree(model_dir)
-            shutil.copytree(Path(ckpt_dir) / MODEL_SUBDIR, model_dir)
-        reported = dict(result.metrics or {})
-        metrics = {k: float(v) for k, v in reported.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "epoch")}
-        metrics["global_step"] = float(reported.get("step", 0))
-        tracker.log_end(metrics, model_dir, [])
+        result = _torch_trainer(rcfg, storage, loop_config, resources).fit()
+        metrics = _collect(result, run_dir, storage)
+        tracker.log_end(metrics, run_dir / MODEL_SUBDIR, [])
     except BaseException:
-        if tracker.enabled:
-            import mlflow
-
-            mlflow.end_run(status="FAILED")
+        tracker.fail()  # the MLflow run ends as FAILED, not left RUNNING
         raise
     finally:
         if started:
@@ -194,6 +162,48 @@ def train_with_ray(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     metrics["run_id"] = tracker.run_id  # type: ignore[assignment]
     log.info("trained %s on %d Ray workers for %d steps: %s", model_cfg.name, rcfg.num_workers,
              metrics["global_step"], metrics)
+    return metrics
+
+
+def _clear_earlier_run(cfg: DictConfig, storage: str, run_dir: Path) -> None:
+    """Ray restores a run found under ``storage/train``; only ``ckpt_path=last`` asks for that."""
+    if cfg.get("ckpt_path") != "last" and "://" not in storage and (Path(storage) / RAY_RUN_NAME).exists():
+        shutil.rmtree(Path(storage) / RAY_RUN_NAME)
+    shutil.rmtree(run_dir / PIDS_DIR, ignore_errors=True)  # markers of an earlier run of this name
+    (run_dir / STARTS).unlink(missing_ok=True)
+
+
+def _torch_trainer(rcfg: DictConfig, storage: str, loop_config: dict[str, Any], resources: dict[str, Any]) -> Any:
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    return TorchTrainer(
+        _train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=int(rcfg.num_workers), use_gpu=bool(rcfg.use_gpu),
+                                     resources_per_worker=resources or None),
+        run_config=RunConfig(
+            name=RAY_RUN_NAME, storage_path=storage,
+            checkpoint_config=CheckpointConfig(num_to_keep=rcfg.get("keep_checkpoints") or None),
+            failure_config=FailureConfig(max_failures=int(rcfg.max_failures)),
+            worker_runtime_env={"env_vars": _worker_env()},
+        ),
+    )
+
+
+def _collect(result: Any, run_dir: Path, storage: str) -> dict[str, Any]:
+    """Copy the last reported model into the run dir; the metrics the workers reported last."""
+    if result.checkpoint is None:
+        raise RuntimeError(f"Ray Train finished without a checkpoint; see the logs under {storage}")
+    model_dir = run_dir / MODEL_SUBDIR
+    with result.checkpoint.as_directory() as ckpt_dir:
+        if model_dir.exists():
+            shutil.rmtree(model_dir)
+        shutil.copytree(Path(ckpt_dir) / MODEL_SUBDIR, model_dir)
+    reported = dict(result.metrics or {})
+    metrics: dict[str, Any] = {k: float(v) for k, v in reported.items()
+                               if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "epoch")}
+    metrics["global_step"] = float(reported.get("step", 0))
     return metrics
 
 

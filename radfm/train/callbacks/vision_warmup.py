@@ -78,6 +78,16 @@ def _loss(module: Any, objectives: list[Objective], batch: dict[str, Any]) -> to
     return total
 
 
+def _apply(loss: torch.Tensor, opt: torch.optim.Optimizer, sched: Any, params: list[Any], clip: float) -> float:
+    """One optimisation step on ``loss`` (gradients clipped to norm ``clip``); returns the loss."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, clip)
+    opt.step()
+    sched.step()
+    return float(loss.detach())
+
+
 def warm_up_vision(module: Any, batches: Iterable[dict[str, Any]], steps: int, lr: float,
                    weight_decay: float = 0.01, clip: float = 1.0, head_lr: float | None = None,
                    autocast_dtype: torch.dtype | None = None, ramp: int = 0,
@@ -122,12 +132,7 @@ def warm_up_vision(module: Any, batches: Iterable[dict[str, Any]], steps: int, l
                 loss = _loss(module, objectives, batch)
             if loss is None:  # a batch with no labelled image row teaches the heads nothing
                 continue
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, clip)
-            opt.step()
-            sched.step()
-            last = float(loss.detach())
+            last = _apply(loss, opt, sched, params, clip)
             first = last if done == 0 else first
             done += 1
             if done % 50 == 0 or done == steps:
