@@ -18,7 +18,7 @@ from radfm.data.config import DataConfig, class_of
 from radfm.data.errors import Quarantine, SampleError, check_on_error
 from radfm.data.labels import label_names
 from radfm.data.manifest import Sample, read_manifest, resolve_image_path
-from radfm.data.packing import PACKED_TASK, pack_samples
+from radfm.data.packing import PACK_LAYOUTS, PACKED_TASK, pack_samples
 from radfm.data.sampler import ModalityBatchSampler
 from radfm.data.transforms import TransformConfig, preprocess
 from radfm.data.turns import TurnAugment, interleave
@@ -33,8 +33,10 @@ class RadFMDataset(Dataset):
     def __init__(self, samples: Sequence[Sample], data_root: str | Path, tokenizer: RadFMTokenizer,
                  transform: TransformConfig, train: bool, seed: int = 0, max_length: int | None = None,
                  cache: Any = None, epoch: int = 0, packs: Sequence[Sequence[int]] | None = None,
-                 label_source: str = "labels", pack_layout: str = "inline", turns: TurnAugment | None = None,
+                 label_source: str = "labels", pack_layout: str | None = None, turns: TurnAugment | None = None,
                  images_only: bool = False) -> None:
+        if packs is not None and pack_layout not in PACK_LAYOUTS:
+            raise ValueError(f"packed items need a pack_layout, one of {PACK_LAYOUTS}; got {pack_layout!r}")
         self.samples = list(samples)
         self.label_source = label_source
         self.pack_layout = pack_layout

@@ -13,7 +13,7 @@ TEMPLATE_SLACK = 8  # tokens kept per extra turn beyond its row's own: another t
 
 
 def pack_samples(samples: Sequence[Sample], tokenizer: RadFMTokenizer, max_length: int | None,
-                 layout: str = "inline", extra_turns: Callable[[Sample], int] | None = None) -> list[list[int]]:
+                 layout: str, extra_turns: Callable[[Sample], int] | None = None) -> list[list[int]]:
     """Group the indices of samples that ask about the same images, each group within ``max_length`` tokens.
 
     Samples with the same image list (paths and kinds, in order) and at least one image are packed in manifest
