@@ -145,6 +145,17 @@ def build_run(cfg: DictConfig, tokenizer: RadFMTokenizer, quarantine_path: Path 
     return Run(model_cfg, data_cfg, dm, module, stages)
 
 
+def fit(trainer: Any, run: Run, ckpt_path: str | None) -> None:
+    """``trainer.fit`` on the run's module and data, resuming from ``ckpt_path`` when given.
+
+    The path is set on the trainer before the fit (Lightning's ``trainer.ckpt_path``, equivalent to
+    ``fit(ckpt_path=…)``): a path passed to ``fit`` is visible to callbacks only after their ``setup``, and stages
+    such as the vision warm-up must know in ``setup`` that the checkpoint will bring their weights.
+    """
+    trainer.ckpt_path = ckpt_path
+    trainer.fit(run.module, datamodule=run.datamodule)
+
+
 def build_trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
     t = cfg.trainer
     return {k: t[k] for k in TRAINER_KEYS if k in t}

@@ -265,10 +265,10 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:  # a fresh run: an explicit ckpt_path (or a one-process run's last.ckpt) if given
-        trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=builder.resolve_ckpt_path(cfg, run_dir))
+        builder.fit(trainer, run, builder.resolve_ckpt_path(cfg, run_dir))
         return
     with checkpoint.as_directory() as ckpt_dir:
-        trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=str(Path(ckpt_dir) / CKPT_NAME))
+        builder.fit(trainer, run, str(Path(ckpt_dir) / CKPT_NAME))
 
 
 def _strategy(rcfg: DictConfig) -> Any:

@@ -22,6 +22,7 @@ from radfm.train.builder import (
     build_model_config,
     build_run,
     build_trainer_kwargs,
+    fit,
     resolve_ckpt_path,
     stage_metrics,
     transform_record,
@@ -82,7 +83,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                         enable_progress_bar=False, enable_model_summary=False)
     tracker.log_start(cfg, module, run.datamodule, manifest)
     try:
-        trainer.fit(module, datamodule=run.datamodule, ckpt_path=resolve_ckpt_path(cfg, run_dir))
+        fit(trainer, run, resolve_ckpt_path(cfg, run_dir))
     except BaseException:
         tracker.fail()  # the MLflow run ends as FAILED, not left RUNNING and active in this process
         raise

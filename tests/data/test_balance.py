@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from radfm.data.datamodule import DataConfig, class_of
+from radfm.data.config import DataConfig, class_of
 from radfm.data.manifest import Sample
 from radfm.data.sampler import ModalityBatchSampler
 from radfm.data.transforms import RandomAffine2D, RandomIntensity, TransformConfig, tail_transforms

@@ -9,10 +9,12 @@ import pytest
 import torch
 
 from radfm.data.cache import TensorCache
-from radfm.data.datamodule import DataConfig, RadFMDataModule
+from radfm.data.config import DataConfig
+from radfm.data.datamodule import RadFMDataModule
 from radfm.data.errors import SampleError
 from radfm.data.manifest import read_manifest
 from radfm.data.synth import SynthConfig, generate
+from radfm.data.synth_turns import YesNoTurns
 from radfm.data.transforms import TransformConfig
 from radfm.model import factory
 from radfm.model.tokenizer import IGNORE_INDEX
@@ -32,7 +34,7 @@ def tokenizer(synth_root, tiny_cfg):
 
 
 def make_dm(root, tokenizer, tmp_path, **kw):
-    cfg = DataConfig(manifest=str(root / "manifest.jsonl"), data_root=str(root), batch_size_2d=6,
+    cfg = DataConfig(manifest=str(root / "manifest.jsonl"), root=str(root), batch_size_2d=6,
                      batch_size_3d=3, seed=kw.pop("seed", 0), transform=TransformConfig(image_size=64), **kw)
     dm = RadFMDataModule(cfg, tokenizer, cache=TensorCache(tmp_path / "cache"),
                          quarantine_path=tmp_path / "quarantine.jsonl")
@@ -112,7 +114,7 @@ def test_raise_names_sample_file_and_reason(synth_root, tokenizer, tmp_path):
 def test_packed_questions_cover_every_train_row_once(synth_root, tokenizer, tmp_path, tiny_model_for, layout):
     """pack_questions: items holding the questions about one image; no row dropped or repeated; the loader
     carries segment_ids (and, inline, image_blocks) and the model trains on them; val/test stay one row each."""
-    from radfm.data.datamodule import PACKED_TASK, pack_samples
+    from radfm.data.packing import PACKED_TASK, pack_samples
 
     dm = make_dm(synth_root, tokenizer, tmp_path, pack_questions=True, max_length=512, pack_layout=layout)
     train = dm.splits["train"]
@@ -154,7 +156,7 @@ def test_packed_questions_cover_every_train_row_once(synth_root, tokenizer, tmp_
 
 
 def test_redraw_yesno_changes_the_trained_question_not_the_manifest(synth_root, tokenizer, tmp_path):
-    """redraw_yesno: a packed training item's yes/no turn asks about a re-drawn finding (so across epochs
+    """YesNoTurns(redraw=True): a packed training item's yes/no turn asks about a re-drawn finding (so across epochs
     the same image is asked about several), with the answer that is true for it; off, the finding is always
     the manifest's; evaluation items are never re-drawn."""
     from radfm.data.synth import ARTICLE
@@ -175,7 +177,8 @@ def test_redraw_yesno_changes_the_trained_question_not_the_manifest(synth_root, 
                 assert len(asked) == 1, text
                 yield ds.samples[pack[k]], asked[0], answer
 
-    on = make_dm(synth_root, tokenizer, tmp_path / "on", pack_questions=True, max_length=512, redraw_yesno=True)
+    on = make_dm(synth_root, tokenizer, tmp_path / "on", pack_questions=True, max_length=512,
+                 turns=YesNoTurns(redraw=True))
     off = make_dm(synth_root, tokenizer, tmp_path / "off", pack_questions=True, max_length=512)
     asked_on, asked_off = set(), set()
     for dm, asked in ((on, asked_on), (off, asked_off)):
@@ -191,7 +194,7 @@ def test_redraw_yesno_changes_the_trained_question_not_the_manifest(synth_root, 
 
 @pytest.mark.parametrize("mode", ["twin", "all"])
 def test_yesno_extra_packs_turns_about_the_same_image(synth_root, tokenizer, tmp_path, mode):
-    """yesno_extra: in a training pack each yes/no turn is followed by extra turns about the same image, each
+    """YesNoTurns(extra=mode): in a training pack each yes/no turn is followed by extra turns about the same image, each
     answer true for the image — "twin": one with the other answer (when the protocol has such a finding);
     "all": one per other finding of the protocol. The rows' own turns are as without the option; evaluation
     items are untouched; without packing the option is refused."""
@@ -206,7 +209,8 @@ def test_yesno_extra_packs_turns_about_the_same_image(synth_root, tokenizer, tmp
                  tokenizer.decode([t for t, lab, seg in tokens if seg == k and lab != IGNORE_INDEX]).split()[0])
                 for k in range(1, n + 1)]
 
-    on = make_dm(synth_root, tokenizer, tmp_path / "on", pack_questions=True, max_length=1024, yesno_extra=mode)
+    on = make_dm(synth_root, tokenizer, tmp_path / "on", pack_questions=True, max_length=1024,
+                 turns=YesNoTurns(extra=mode))
     off = make_dm(synth_root, tokenizer, tmp_path / "off", pack_questions=True, max_length=1024)
     ds = on.train_dataloader().dataset
     ds_off = off._dataset(off.splits["train"], True, ds.packs)  # the same packs, no extra turns
@@ -243,7 +247,7 @@ def test_yesno_extra_packs_turns_about_the_same_image(synth_root, tokenizer, tmp
     row = next(i for i, r in enumerate(val.samples) if r.meta["family"] == "yesno")
     assert tokenizer.decode(val[row]["encoded"].input_ids).count("?") == val.samples[row].question.count("?")
     with pytest.raises(ValueError, match="pack_questions"):
-        DataConfig(manifest="m.jsonl", data_root=".", yesno_extra=mode)
+        DataConfig(manifest="m.jsonl", root=".", turns=YesNoTurns(extra=mode))
 
 
 def test_yesno_extra_turns_get_room_in_the_packs(synth_root, tokenizer, tmp_path):
@@ -251,7 +255,8 @@ def test_yesno_extra_turns_get_room_in_the_packs(synth_root, tokenizer, tmp_path
     still does not fit is left out, and every manifest row keeps its turn."""
     from radfm.data.synth_turns import extra_yesno_count
 
-    dm = make_dm(synth_root, tokenizer, tmp_path / "fit", pack_questions=True, max_length=160, yesno_extra="all")
+    dm = make_dm(synth_root, tokenizer, tmp_path / "fit", pack_questions=True, max_length=160,
+                 turns=YesNoTurns(extra="all"))
     ds = dm.train_dataloader().dataset
     wanted = fitted = 0
     for i, pack in enumerate(ds.packs):
@@ -263,15 +268,15 @@ def test_yesno_extra_turns_get_room_in_the_packs(synth_root, tokenizer, tmp_path
     assert wanted > 0 and fitted >= 0.95 * wanted
     plain = make_dm(synth_root, tokenizer, tmp_path / "plain", pack_questions=True, max_length=160)
     assert len(plain.train_dataloader().dataset.packs) < len(ds.packs)  # the room costs packs
-    with pytest.raises(ValueError, match="yesno_extra"):
-        DataConfig(manifest="m.jsonl", data_root=".", pack_questions=True, yesno_extra="both")
+    with pytest.raises(ValueError, match=r"data\.turns\.extra 'both' is not one of"):
+        YesNoTurns(extra="both")
 
 
 @pytest.mark.parametrize("packed", [False, True])
 def test_warmup_loader_gives_the_training_batches_without_text(synth_root, tokenizer, tmp_path, packed):
     """The vision warm-up's loader skips tokenizing but serves the training batches' images exactly: the same
     rows, the same augmentation (the text's random draws are still made first), the same label names."""
-    kw = {"pack_questions": True, "yesno_extra": "all", "label_source": "scene"} if packed else {}
+    kw = {"pack_questions": True, "turns": YesNoTurns(extra="all"), "label_source": "scene"} if packed else {}
     dm = make_dm(synth_root, tokenizer, tmp_path, **kw)
     full, bare = dm.train_dataloader(), dm.warmup_dataloader()
     for epoch in (0, 2):

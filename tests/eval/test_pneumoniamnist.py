@@ -47,7 +47,8 @@ def slice_npz(tmp_path_factory) -> Path:
 def trained(slice_npz, tmp_path_factory):
     from hydra import compose, initialize_config_dir
 
-    from radfm.train.train import build_data_config, run_dir_of, train
+    from radfm.train.builder import build_data_config
+    from radfm.train.train import run_dir_of, train
 
     tmp = tmp_path_factory.mktemp("pneumo_run")
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -55,7 +56,7 @@ def trained(slice_npz, tmp_path_factory):
             "experiment=pneumoniamnist", "seed=0", "run_name=pneumo-test", f"paths.home={tmp}/home",
             f"paths.data_dir={tmp}/data", f"data.npz={slice_npz}", "data.batch_size_2d=8",
             "trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
-            "vision_warmup.steps=3",
+            "callbacks.vision_warmup.steps=3",
             "callbacks.checkpoint_every_n_steps=4"])
     metrics = train(cfg)
     return cfg, metrics, run_dir_of(cfg), build_data_config(cfg)

@@ -11,7 +11,8 @@ import pytest
 # both answers of each yes/no question for the class-balance expectation.
 FAST = [
     "experiment=demo_tiny", "data.synth.n_samples=48", "data.batch_size_2d=4", "data.batch_size_3d=2",
-    "trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.limit_val_batches=1", "vision_warmup.steps=2",
+    "trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
+    "callbacks.vision_warmup.steps=2",
     "callbacks.checkpoint_every_n_steps=2", "trainer.log_every_n_steps=1", "logger.log_system_metrics=false",
 ]
 

@@ -42,8 +42,9 @@ def test_two_workers_end_to_end_with_mlflow(make_cfg, local_ray):
     # With the label head and a 2-step vision warm-up: every worker warms up before its fit (DDP then
     # broadcasts rank 0's weights), so that path runs under Ray too.
     cfg = make_cfg(*RAY, "trainer.max_steps=6", "trainer.val_check_interval=3",
-                   "trainer.ray.checkpoint_every_n_steps=3", "run_name=ray-e2e", "label_head_weight=1.0",
-                   "vision_warmup.steps=2")
+                   "trainer.ray.checkpoint_every_n_steps=3", "run_name=ray-e2e", "objective=[answer,label_head]",
+                   "objective.label_head.weight=1.0", "callbacks=[default,vision_warmup]",
+                   "callbacks.vision_warmup.steps=2")
     metrics = train(cfg)
     run_dir = Path(cfg.paths.runs_dir) / "ray-e2e"
 

@@ -8,6 +8,7 @@ import torch
 from radfm.data.datamodule import Collator
 from radfm.model import presets
 from radfm.train.module import RadFMLitModule
+from radfm.train.objectives import AnswerLoss
 
 
 def _weights(module: RadFMLitModule, tokenizer, answer: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -15,13 +16,15 @@ def _weights(module: RadFMLitModule, tokenizer, answer: str) -> tuple[torch.Tens
     batch = Collator(tokenizer)([{"id": "a", "task": "diagnosis", "encoded": enc,
                                   "images": [torch.zeros(3, 64, 64, 4)]}])
     labels = batch["labels"]
-    return module.weighter(labels)[labels != -100], labels[labels != -100]
+    return module.objectives["answer"].weighter(labels)[labels != -100], labels[labels != -100]
 
 
 def test_extra_words_take_the_term_weight(tiny_tokenizer):
-    plain = RadFMLitModule(presets.tiny(), tiny_tokenizer, term_weight=5.0)
-    extra = RadFMLitModule(presets.tiny(), tiny_tokenizer, term_weight=5.0, term_extra=["yes", "no"])
-    assert extra.hparams["term_extra"] == ["yes", "no"]
+    plain = RadFMLitModule(presets.tiny(), tiny_tokenizer, objectives=[AnswerLoss(term_weight=5.0)])
+    extra = RadFMLitModule(presets.tiny(), tiny_tokenizer,
+                           objectives=[AnswerLoss(term_weight=5.0, term_extra=["yes", "no"])])
+    assert extra.hparams["objectives"]["answer"]["term_extra"] == ["yes", "no"]
+    assert plain.hparams["objectives"]["answer"]["term_extra"] == []
     for answer in ("yes", "no"):
         w_plain, _ = _weights(plain, tiny_tokenizer, answer)
         w_extra, ids = _weights(extra, tiny_tokenizer, answer)
@@ -37,9 +40,11 @@ def test_term_extra_refuses_yaml_booleans() -> None:
     """A bare yes/no in YAML is a boolean: refused with how to quote it, never weighed as "True"."""
     from omegaconf import OmegaConf
 
-    from radfm.train.train import term_words
+    from radfm.train.objectives.answer import term_words
 
     assert term_words(OmegaConf.create({"t": ["yes", "no"]}).t) == ["yes", "no"]
     assert term_words(None) == [] and term_words([]) == []
     with pytest.raises(ValueError, match="quote it in YAML"):
         term_words(OmegaConf.create("t: [yes, no]").t)
+    with pytest.raises(ValueError, match="quote it in YAML"):  # the objective refuses them when it is built
+        AnswerLoss(term_weight=5.0, term_extra=OmegaConf.create("t: [yes, no]").t)

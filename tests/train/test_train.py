@@ -42,7 +42,7 @@ def test_fast_dev_run_every_experiment(make_cfg, experiment, tmp_path):
 
 @pytest.mark.parametrize("model", ["tiny", "small", "base"])
 def test_every_model_group_instantiates(make_cfg, model):
-    from radfm.train.train import build_model_config
+    from radfm.train.builder import build_model_config
 
     cfg = build_model_config(make_cfg(f"model={model}"))
     assert cfg.name == model
@@ -50,7 +50,7 @@ def test_every_model_group_instantiates(make_cfg, model):
 
 def test_short_run_loss_drops_and_mlflow_has_it(make_cfg, tmp_path):
     cfg = make_cfg("trainer.max_steps=40", "trainer.val_check_interval=20", "optim.lr=2e-3",
-                   "optim.warmup_steps=5", "term_weight=3.0")
+                   "optim.warmup_steps=5", "++objective.answer.term_weight=3.0")
     metrics = train(cfg)
     client = mlflow.MlflowClient(tracking_uri=cfg.paths.mlflow_uri)
     run = client.get_run(metrics["run_id"])
@@ -145,18 +145,20 @@ def test_sample_loss_reduction_counts_every_answer_once(tiny_tokenizer):
 
     from radfm.model import presets
     from radfm.train.module import RadFMLitModule
+    from radfm.train.objectives import AnswerLoss
 
     tok = tiny_tokenizer
     rows = [tok.format_prompt("Is there a nodule?", "No.", []),
             tok.format_prompt("Describe it.", "Yes, a left nodule. Yes, a left nodule. Yes, a left nodule.", [])]
-    batch = {**tok.pad(rows), "images": [], "tasks": ["diagnosis", "report"]}
+    batch = {**tok.pad(rows), "images": [], "tasks": ["diagnosis", "report"], "ids": ["a", "b"]}
     by = {}
     for reduction in ("token", "sample"):
-        module = RadFMLitModule(presets.tiny(), tok, seed=0, loss_reduction=reduction).eval()
+        module = RadFMLitModule(presets.tiny(), tok, seed=0, objectives=[AnswerLoss(reduction=reduction)]).eval()
         module.log = lambda *args, **kwargs: None  # no Trainer attached: the loss is what is under test
         with torch.no_grad():
             by[reduction] = float(module._step(batch, "train"))
-            logits = module.forward(batch)["logits"]
+            assert module.encode(batch) is None  # no images
+            logits = module.model(batch["input_ids"], batch["attention_mask"])["logits"]
     target = batch["labels"][:, 1:]
     per_token = F.cross_entropy(logits[:, :-1].transpose(1, 2), target, ignore_index=-100, reduction="none")
     mask = (target != -100).float()
@@ -164,8 +166,8 @@ def test_sample_loss_reduction_counts_every_answer_once(tiny_tokenizer):
     assert by["sample"] == pytest.approx(float(per_row.mean()), rel=1e-5)
     assert by["token"] == pytest.approx(float((per_token * mask).sum() / mask.sum()), rel=1e-5)
     assert mask[0].sum() < mask[1].sum() and by["sample"] != pytest.approx(by["token"])
-    with pytest.raises(ValueError, match="loss_reduction"):
-        RadFMLitModule(presets.tiny(), tok, loss_reduction="mean")
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        RadFMLitModule(presets.tiny(), tok, objectives=[AnswerLoss(reduction="mean")])
 
 
 def test_lr_scale_groups_parameters_and_sets_base_rates(tiny_tokenizer):
@@ -197,7 +199,7 @@ def test_turn_loss_reduction_counts_every_packed_answer_once(tiny_tokenizer):
     unpacked rows it equals the sample mean."""
     import torch
 
-    from radfm.train.module import turn_mean
+    from radfm.train.objectives.answer import turn_mean
 
     tok = tiny_tokenizer
     packed = tok.format_turns([("Is there a nodule?", "no"), ("Describe it.", "A left nodule. " * 5)], 0)
@@ -223,7 +225,7 @@ def test_turn_loss_reduction_counts_every_packed_answer_once(tiny_tokenizer):
 def test_depth_buckets_that_do_not_cut_into_patch_slabs_are_refused_before_a_run(make_cfg):
     """A 3D scan resampled to depth 12 cannot be cut into 8-slice slabs: the config is refused up front, with
     the buckets that would fit; the demo's own buckets pass."""
-    from radfm.train.train import build_data_config
+    from radfm.train.builder import build_data_config
 
     bad = make_cfg("model.vision.patch_depth=8", "model.vision.min_depth=8")
     with pytest.raises(ValueError, match=r"depth_buckets \[4, 12, 20.*patch_depth = 8.*\[8, 16, 24"):

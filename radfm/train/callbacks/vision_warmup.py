@@ -151,7 +151,8 @@ class VisionWarmup(L.Callback):
     """The warm-up as a stage of the fit: it runs in ``setup`` of a fresh fit, before the optimizer is made and
     before a distributed strategy wraps the model (DDP then broadcasts rank 0's weights). A fit resumed from a
     checkpoint skips it (the checkpoint holds the warmed weights); whether it ran, and its figures, travel in
-    the checkpoint. ``trainer.fast_dev_run`` runs one step, as Lightning runs one batch of the fit.
+    the checkpoint. Lightning makes a path given to ``fit(ckpt_path=…)`` visible only after ``setup``: set
+    ``trainer.ckpt_path`` before the fit instead (``radfm.train.builder.fit`` does). ``trainer.fast_dev_run`` runs one step, as Lightning runs one batch of the fit.
     """
 
     def __init__(self, steps: int = 0, lr: float = 1e-3, head_lr: float | None = None,
