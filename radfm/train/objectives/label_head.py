@@ -50,7 +50,7 @@ class LabelHead(Objective):
         self.head = nn.Linear(ctx.model_cfg.lm.hidden_size, len(self.names))
 
     def options(self) -> dict[str, Any]:
-        return {**super().options(), "pool": self.pool, "label_names": list(self.names)}
+        return {**super().options(), "pool": self.pool}
 
     def loss(self, batch: dict[str, Any], encoding: StepEncoding) -> torch.Tensor | None:
         if encoding.images is None or "label_names" not in batch:
