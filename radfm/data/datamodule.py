@@ -131,7 +131,7 @@ class RadFMDataset(Dataset):
             return self._images_item(first, self.load_images(first, rng))
         n = len(first.images)
         enc = None
-        # Extra yes/no turns go in while the pack fits max_length (pack_samples measured it without them): the
+        # Extra turns go in while the pack fits max_length (pack_samples measured it without them): the
         # last ones are left out first; they are augmentation, the manifest's rows are all kept.
         for keep in range(len(extra), -1, -1):
             all_turns, all_positions = interleave(turns, positions, extra[:keep])
