@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from radfm.data import prompts
+from radfm.data.answer_targets import split_targets
 from radfm.data.config import DataConfig, class_of
 from radfm.data.errors import Quarantine, SampleError, check_on_error
 from radfm.data.labels import label_names
@@ -34,11 +35,13 @@ class RadFMDataset(Dataset):
                  transform: TransformConfig, train: bool, seed: int = 0, max_length: int | None = None,
                  cache: Any = None, epoch: int = 0, packs: Sequence[Sequence[int]] | None = None,
                  label_source: str = "labels", pack_layout: str | None = None, turns: TurnAugment | None = None,
-                 images_only: bool = False) -> None:
+                 images_only: bool = False, targets: dict[Any, dict[str, float]] | None = None) -> None:
         if packs is not None and pack_layout not in PACK_LAYOUTS:
             raise ValueError(f"packed items need a pack_layout, one of {PACK_LAYOUTS}; got {pack_layout!r}")
         self.samples = list(samples)
         self.label_source = label_source
+        # targets: each image's {name: 0/1} for label_source="answers" (radfm.data.answer_targets).
+        self.targets = targets
         self.pack_layout = pack_layout
         # turns: the data set's training-time turn augmentation (radfm.data.turns), None for none.
         self.turns = turns
@@ -111,7 +114,7 @@ class RadFMDataset(Dataset):
         images = self.load_images(sample, rng)
         return {"id": sample.id, "task": sample.task, "encoded": enc,
                 "images": [images[k] for k in enc.image_order], "is_3d": sample.is_3d,
-                "label_names": label_names(sample, self.label_source)}
+                "label_names": label_names(sample, self.label_source, self.targets)}
 
     def _packed_item(self, pack: Sequence[int], rng: random.Random | None) -> dict[str, Any]:
         """All turns of a pack in one sequence (see ``format_turns``); its images are loaded and encoded once.
@@ -152,7 +155,7 @@ class RadFMDataset(Dataset):
         images = self.load_images(first, rng)
         return {"id": first.id, "task": PACKED_TASK, "encoded": enc, "images": images,
                 "image_blocks": list(enc.image_order), "is_3d": first.is_3d,
-                "label_names": label_names(first, self.label_source)}
+                "label_names": label_names(first, self.label_source, self.targets)}
 
     def _images_item(self, sample: Sample, images: list[torch.Tensor]) -> dict[str, Any]:
         """An ``images_only`` item: the images (in the sample's order) and label names, no text.
@@ -163,7 +166,7 @@ class RadFMDataset(Dataset):
         The label head pools over a row's images, so their order within the row does not matter.
         """
         return {"id": sample.id, "task": PACKED_TASK if self.packs is not None else sample.task,
-                "images": images, "is_3d": sample.is_3d, "label_names": label_names(sample, self.label_source)}
+                "images": images, "is_3d": sample.is_3d, "label_names": label_names(sample, self.label_source, self.targets)}
 
 
 @dataclass
@@ -244,6 +247,7 @@ class RadFMDataModule(L.LightningDataModule):
         self.quarantine = Quarantine()
         self.quarantine_path = quarantine_path
         self.splits: dict[str, list[Sample]] = {}
+        self.targets: dict[str, dict[Any, dict[str, float]]] = {}
         self.n_rows = 0
 
     def setup(self, stage: str | None = None) -> None:
@@ -266,13 +270,16 @@ class RadFMDataModule(L.LightningDataModule):
             log.warning("%d samples quarantined: see %s", len(self.quarantine), self.quarantine_path)
         assert len(kept) + len(self.quarantine) == self.n_rows
         self.splits = {name: [s for s in kept if s.split == name] for name in ("train", "val", "test")}
+        # label_source=answers: each image's targets from the questions asked about it, per split.
+        self.targets = split_targets(self.splits) if self.cfg.label_source == "answers" else {}
 
-    def _dataset(self, samples: Sequence[Sample], train: bool,
-                 packs: Sequence[Sequence[int]] | None = None, images_only: bool = False) -> RadFMDataset:
+    def _dataset(self, samples: Sequence[Sample], train: bool, packs: Sequence[Sequence[int]] | None = None,
+                 images_only: bool = False, split: str | None = None) -> RadFMDataset:
         return RadFMDataset(samples, self.cfg.root, self.tokenizer, self.cfg.transform, train,
                             self.cfg.seed, self.cfg.max_length, self.cache, packs=packs,
                             label_source=self.cfg.label_source, pack_layout=self.cfg.pack_layout,
-                            turns=self.cfg.turns if train else None, images_only=images_only)
+                            turns=self.cfg.turns if train else None, images_only=images_only,
+                            targets=self.targets.get(split or "") if self.targets else None)
 
     def _loader(self, split: str, train: bool, images_only: bool = False) -> DataLoader:
         samples = self.splits.get(split, [])
@@ -282,7 +289,7 @@ class RadFMDataModule(L.LightningDataModule):
         extra = turns.extra_count if train and turns is not None and turns.adds_turns else None
         packs = (pack_samples(samples, self.tokenizer, self.cfg.max_length, self.cfg.pack_layout, extra)
                  if train and self.cfg.pack_questions else None)
-        ds = self._dataset(samples, train, packs, images_only)
+        ds = self._dataset(samples, train, packs, images_only, split)
         # The sampler sees one entry per item: a pack is 3D / of a class as its first sample is.
         heads = [samples[p[0]] for p in packs] if packs is not None else samples
         classes = [class_of(s, self.cfg.balance) for s in heads] if train and self.cfg.balance else None

@@ -14,6 +14,7 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from radfm.data.answer_targets import answer_targets, target_names
 from radfm.data.cache import TensorCache
 from radfm.data.config import DataConfig
 from radfm.data.datamodule import RadFMDataModule
@@ -65,6 +66,8 @@ def build_data_config(cfg: DictConfig) -> DataConfig:
 def train_label_names(manifest: str | Path, source: str = "labels") -> list[str]:
     """The sorted label vocabulary of the manifest's training rows (:func:`radfm.data.labels.label_names`)."""
     samples = read_manifest(manifest, on_error="quarantine", quarantine=Quarantine())
+    if source == "answers":
+        return target_names(answer_targets([s for s in samples if s.split == "train"]))
     return sorted({name for s in samples if s.split == "train" for name in (label_names(s, source) or ())})
 
 

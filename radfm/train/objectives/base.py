@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from radfm.model.config import RadFMConfig
@@ -87,22 +88,43 @@ class Objective(nn.Module):
         return {"weight": self.weight}
 
 
-def label_targets(batch: dict[str, Any], names: Sequence[str], like: torch.Tensor
-                  ) -> list[tuple[int, int, torch.Tensor]]:
-    """``(first image, n images, multi-hot target over names)`` of each row that has images and label names.
+LabelRow = tuple[int, int, torch.Tensor, torch.Tensor | None]
+
+
+def label_targets(batch: dict[str, Any], names: Sequence[str], like: torch.Tensor) -> list[LabelRow]:
+    """``(first image, n images, target over names, mask)`` of each row that has images and label names.
 
     ``batch["n_images"]``: how many of the batch's images (in order) are each row's; ``batch["label_names"]``:
-    each row's names or None (no target: left out). A name outside ``names`` (a label unseen in training, on a
-    val row) has no output to train and is ignored. ``like``: the tensor whose dtype and device targets take.
+    each row's names or None (no target: left out). A list of names is exhaustive: its names are 1, every other
+    name 0 (mask None: all observed). A ``{name: 0/1}`` mapping is partial: only its names are observed (mask 1
+    there, 0 elsewhere). A name outside ``names`` (a label unseen in training, on a val row) has no output to
+    train and is ignored. ``like``: the tensor whose dtype and device targets take.
     """
     index = {name: j for j, name in enumerate(names)}
     rows, start = [], 0
     for n, row_names in zip(batch["n_images"], batch["label_names"], strict=True):
         if n and row_names is not None:
             target = like.new_zeros(len(index))
-            for name in row_names:
+            mask = like.new_zeros(len(index)) if isinstance(row_names, dict) else None
+            values = row_names.items() if isinstance(row_names, dict) else ((name, 1.0) for name in row_names)
+            for name, value in values:
                 if name in index:
-                    target[index[name]] = 1.0
-            rows.append((start, n, target))
+                    target[index[name]] = float(value)
+                    if mask is not None:
+                        mask[index[name]] = 1.0
+            rows.append((start, n, target, mask))
         start += n
     return rows
+
+
+def masked_bce(logits: torch.Tensor, targets: Sequence[torch.Tensor], masks: Sequence[torch.Tensor | None]
+               ) -> torch.Tensor:
+    """BCE with logits over the rows' target blocks (``logits``: their concatenation's shape), the mean over
+    observed targets; ``masks``: each block's mask (its shape) or None (all observed). With no mask at all it is
+    the plain mean BCE, bit for bit."""
+    target = torch.cat(list(targets)).float()
+    if all(m is None for m in masks):
+        return F.binary_cross_entropy_with_logits(logits, target)
+    weight = torch.cat([torch.ones_like(t) if m is None else m for t, m in zip(targets, masks, strict=True)])
+    per = F.binary_cross_entropy_with_logits(logits, target, reduction="none") * weight.float()
+    return per.sum() / weight.sum().clamp_min(1.0)

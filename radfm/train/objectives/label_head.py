@@ -10,10 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from radfm.train.objectives.base import Objective, ObjectiveContext, StepEncoding, label_targets
+from radfm.train.objectives.base import Objective, ObjectiveContext, StepEncoding, label_targets, masked_bce
 
 POOLS = ("mean", "max", "token")
 
@@ -57,17 +56,17 @@ class LabelHead(Objective):
             return None
         assert self.head is not None, "bind() builds the head"
         features = encoding.images.tokens  # N×K×hidden
-        pooled, targets = [], []
-        for start, n, target in label_targets(batch, self.names, features):
+        pooled, targets, masks = [], [], []
+        for start, n, target, mask in label_targets(batch, self.names, features):
             tokens = features[start:start + n].flatten(0, 1)  # n·K×hidden
+            rows = tokens.shape[0] if self.pool == "token" else 1
             if self.pool == "token":
                 pooled.append(tokens)
-                targets.append(target.expand(tokens.shape[0], -1))
             else:
                 pooled.append(tokens.max(dim=0, keepdim=True).values if self.pool == "max"
                               else tokens.mean(dim=0, keepdim=True))
-                targets.append(target.unsqueeze(0))
+            targets.append(target.expand(rows, -1))
+            masks.append(None if mask is None else mask.expand(rows, -1))
         if not pooled:
             return None
-        logits = self.head(torch.cat(pooled).float())
-        return F.binary_cross_entropy_with_logits(logits, torch.cat(targets).float())
+        return masked_bce(self.head(torch.cat(pooled).float()), targets, masks)

@@ -12,10 +12,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from radfm.train.objectives.base import Objective, ObjectiveContext, StepEncoding, label_targets
+from radfm.train.objectives.base import Objective, ObjectiveContext, StepEncoding, label_targets, masked_bce
 
 PATCH_LABELS = ("types", "findings")
 
@@ -88,6 +87,7 @@ class PatchHead(Objective):
         if not rows:
             return None
         pooled = max_patches(images.patches)  # N×width
-        patch_rows = torch.cat([pooled[start:start + n].amax(dim=0, keepdim=True) for start, n, _ in rows])
-        targets = torch.stack([target for _, _, target in rows])[:, self.columns]
-        return F.binary_cross_entropy_with_logits(self.head(patch_rows.float()), targets.float())
+        patch_rows = torch.cat([pooled[start:start + n].amax(dim=0, keepdim=True) for start, n, _, _ in rows])
+        targets = [target[self.columns].unsqueeze(0) for _, _, target, _ in rows]
+        masks = [None if mask is None else mask[self.columns].unsqueeze(0) for _, _, _, mask in rows]
+        return masked_bce(self.head(patch_rows.float()), targets, masks)

@@ -1,0 +1,89 @@
+"""Targets for the vision side from what any table holds: its questions and answers (``data.label_source=answers``).
+
+No labels column is needed. Every row about an image adds to that image's targets:
+- a closed question (its row has ``choices``, other than yes/no): one class out of the family's choices, as
+  ``"<family> = <choice>"`` names, 1 for the answer and 0 for the other choices;
+- a yes/no question: a per-question binary target, ``"<family>: <question>"``, 1 for yes and 0 for no;
+- an open (report-like) answer: the clinical terms it names without negation (``radfm.eval.findings``), as
+  ``"finding: <term>"``, over every term the training reports name: 0 where the image's reports do not name it.
+A name an image was never asked about is left out of its targets (masked, not a negative). The family is
+``meta["family"]`` (the data profile sets it, radfm.data.profile), else the row's task.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from radfm.data.manifest import Sample
+
+ImageKey = tuple[tuple[str, str], ...]
+YES_NO = ("no", "yes")
+_SPACE = re.compile(r"\s+")
+_TRAIL = re.compile(r"[\s.!?;:,]+$")
+
+
+def image_key(sample: Sample) -> ImageKey:
+    """The images a row asks about (paths and kinds, in order): rows with the same key share their targets."""
+    return tuple((ref.path, ref.kind) for ref in sample.images)
+
+
+def normalise(text: str) -> str:
+    """Lower case, single spaces, no trailing punctuation: ``"Yes."`` and ``"yes"`` are one answer."""
+    return _TRAIL.sub("", _SPACE.sub(" ", text.strip().lower()))
+
+
+def family_of(sample: Sample) -> str:
+    return str((sample.meta or {}).get("family") or sample.task)
+
+
+def _is_yes_no(sample: Sample) -> bool:
+    return tuple(sorted(normalise(c) for c in sample.choices or ())) == YES_NO
+
+
+def _closed_targets(sample: Sample) -> dict[str, float]:
+    answer, family = normalise(sample.answer), family_of(sample)
+    if _is_yes_no(sample):
+        return {f"{family}: {normalise(sample.question)}": float(answer == "yes")}
+    return {f"{family} = {normalise(c)}": float(normalise(c) == answer) for c in sample.choices or ()}
+
+
+def _terms(text: str) -> set[str]:
+    from radfm.eval.findings import positive_findings  # the clinical term list and its negation rules
+
+    return positive_findings(text)
+
+
+def answer_targets(samples: Sequence[Sample], terms: Sequence[str] | None = None) -> dict[ImageKey, dict[str, float]]:
+    """``{image key: {name: 0/1}}`` from ``samples`` (one split's rows); rows without images add nothing.
+
+    ``terms``: the finding terms open answers are scored over (default: every term the given rows' open answers
+    name); pass the training split's to score other splits over the same names.
+    """
+    found: dict[ImageKey, set[str]] = {}
+    out: dict[ImageKey, dict[str, float]] = {}
+    for s in samples:
+        if not s.images:
+            continue
+        key = image_key(s)
+        targets = out.setdefault(key, {})
+        if s.choices:
+            targets.update(_closed_targets(s))
+        else:
+            found.setdefault(key, set()).update(_terms(s.answer))
+    vocabulary = sorted(set().union(*found.values()) if terms is None and found else terms or ())
+    for key, named in found.items():
+        out[key].update({f"finding: {t}": float(t in named) for t in vocabulary})
+    return out
+
+
+def split_targets(splits: dict[str, Sequence[Sample]]) -> dict[str, dict[ImageKey, dict[str, float]]]:
+    """:func:`answer_targets` per split, every split's open answers scored over the training reports' terms."""
+    train = answer_targets(splits.get("train", ()))
+    terms = sorted({name.split(": ", 1)[1] for name in target_names(train) if name.startswith("finding: ")})
+    return {split: train if split == "train" else answer_targets(rows, terms) for split, rows in splits.items()}
+
+
+def target_names(targets: dict[ImageKey, dict[str, float]]) -> list[str]:
+    """The sorted vocabulary of ``answer_targets``' names."""
+    return sorted({name for row in targets.values() for name in row})
