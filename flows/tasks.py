@@ -60,20 +60,28 @@ def compose_config(config_name: str, overrides: list[str]) -> dict[str, Any]:
 
 @task(name="prepare-data", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_transient)
 def prepare_data(cfg: dict[str, Any], spec: DataSpec) -> dict[str, Any]:
-    """Make the dataset exist (generate, import or ``dvc pull``) → ``{cfg, manifest, root, version}``.
+    """Make the dataset exist (generate, import or ``dvc pull``) → ``{cfg, manifest, root, version}``, with the
+    question profile written beside the manifest when it is missing or stale (before the data version is
+    computed, so the version covers it).
 
     ``cfg`` comes back with ``data.root``/``data.manifest`` pointing at the prepared data.
     """
     from omegaconf import OmegaConf, open_dict
 
+    from radfm.data.manifest import find_manifest
+    from radfm.data.profile import ensure_profile
     from radfm.registry.tracking import compute_data_version
     from radfm.train.data_prep import ensure_dataset
 
     t0 = time.perf_counter()
     conf = OmegaConf.create(cfg)
     if spec.kind == "config":
-        manifest = ensure_dataset(conf.data)
         root = Path(str(conf.data.root))
+        given = Path(str(conf.data.manifest))
+        if not given.exists() and given == root / "manifest.jsonl" and (root / "manifests").is_dir():
+            with open_dict(conf):  # the layout `radfm ingest` wrote before: one manifest under manifests/
+                conf.data.manifest = str(find_manifest(root))
+        manifest = ensure_dataset(conf.data)
     elif spec.kind == "dvc":
         from radfm.data import versioning
 
@@ -82,11 +90,12 @@ def prepare_data(cfg: dict[str, Any], spec: DataSpec) -> dict[str, Any]:
             raise ValueError(f"{spec.repo}/{spec.target}.dvc points at data version {pulled}, not {spec.version}: "
                              "check out the git revision whose .dvc file has that version, then run again")
         root = Path(spec.repo) / spec.target
-        manifest = Path(spec.manifest) if spec.manifest else root / "manifest.jsonl"
+        manifest = Path(spec.manifest) if spec.manifest else find_manifest(root)
     else:
         root, manifest = _ingest(spec)
     if not manifest.is_file():
         raise FileNotFoundError(f"the prepared data has no manifest at {manifest} (set data.manifest)")
+    ensure_profile(manifest)
     version = compute_data_version(str(root))
     with open_dict(conf):
         conf.data.root = str(root)
@@ -98,6 +107,7 @@ def prepare_data(cfg: dict[str, Any], spec: DataSpec) -> dict[str, Any]:
 
 def _ingest(spec: DataSpec) -> tuple[Path, Path]:
     from radfm.data import importers
+    from radfm.data.manifest import find_manifest
 
     if not (spec.importer and spec.source and spec.out):
         raise ValueError("data.kind=ingest needs data.importer (table|dicom|medmnist), data.source and data.out")
@@ -110,7 +120,7 @@ def _ingest(spec: DataSpec) -> tuple[Path, Path]:
         if not spec.reports:
             raise ValueError("data.importer=dicom needs data.reports (a CSV of reports)")
         importers.ingest_dicom_folder(spec.source, spec.reports, out, on_error="raise")
-    manifest = Path(spec.manifest) if spec.manifest else out / "manifest.jsonl"
+    manifest = Path(spec.manifest) if spec.manifest else find_manifest(out)
     return out, manifest
 
 

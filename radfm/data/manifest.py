@@ -236,6 +236,26 @@ def write_manifest(samples: Iterable[Sample], path: str | Path) -> Path | str:
     return path
 
 
+def find_manifest(data_root: str | Path) -> Path:
+    """The manifest of a data root: ``manifest.jsonl``, else ``manifest.parquet``, else the single manifest
+    under ``manifests/`` (where ``radfm ingest`` wrote it before; quarantine reports are not manifests).
+    Two or more there is an error naming them; none anywhere is a FileNotFoundError."""
+    root = Path(data_root)
+    for name in ("manifest.jsonl", "manifest.parquet"):
+        if (root / name).is_file():
+            return root / name
+    folder = root / "manifests"
+    found = sorted(p for p in folder.glob("*") if p.is_file() and p.name.endswith((".jsonl", ".parquet"))
+                   and not p.name.endswith(".quarantine.jsonl")) if folder.is_dir() else []
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise ValueError(f"{folder} holds {len(found)} manifests ({', '.join(p.name for p in found)}) and "
+                         f"{root} has no manifest.jsonl: name the one to use (--manifest, data.manifest)")
+    raise FileNotFoundError(f"no manifest in {root}: expected manifest.jsonl, manifest.parquet or one manifest "
+                            f"under manifests/ (write one with `radfm ingest … --out {root}`)")
+
+
 def split_counts(samples: Sequence[Sample]) -> dict[str, int]:
     out = {s: 0 for s in SPLITS}
     for sample in samples:

@@ -139,6 +139,11 @@ class RunTracker:
         })
         mlflow.log_metrics({"params_total": counts["total"], "params_trainable": counts["trainable"],
                             "data_quarantined": len(datamodule.quarantine)})
+        from radfm.data.profile import load_profile
+
+        profile = load_profile(manifest)  # the question families the data described itself with
+        if profile is not None:
+            mlflow.log_dict(profile, "data/profile.json")
 
     def fail(self) -> None:
         """End this run as FAILED (training raised): the next run in the process must not nest under it."""

@@ -21,14 +21,17 @@ log = logging.getLogger(__name__)
 
 
 def default_manifest(data_root: str | Path) -> str:
-    """``DATA/manifest.jsonl``, else ``DATA/manifest.parquet``."""
+    """``DATA/manifest.jsonl``, else ``DATA/manifest.parquet``, else the one manifest under ``DATA/manifests/``
+    (:func:`radfm.data.manifest.find_manifest`)."""
+    from radfm.data.manifest import find_manifest
+
     root = str(data_root).rstrip("/")
     if root.startswith("s3://"):
         return f"{root}/manifest.jsonl"
-    for name in ("manifest.jsonl", "manifest.parquet"):
-        if (Path(root) / name).is_file():
-            return str(Path(root) / name)
-    raise FileNotFoundError(f"no manifest.jsonl or manifest.parquet in {root}: pass --manifest")
+    try:
+        return str(find_manifest(root))
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{exc}; or pass --manifest") from None
 
 
 def _context(docs_dir: Path | None) -> Any:

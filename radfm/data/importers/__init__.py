@@ -1,8 +1,10 @@
 """Importers (``radfm ingest``): a user's table, a MedMNIST ``.npz`` or a folder of DICOM studies → a MedMD
 manifest plus its images under one output data root.
 
-Each importer returns ``(samples, quarantine)`` and writes ``<out_root>/manifests/<source>.jsonl`` (and
-``<source>.quarantine.jsonl`` when something was rejected) with images under ``<out_root>/images/<source>/``.
+Each importer returns ``(samples, quarantine)`` and writes ``<out_root>/manifest.jsonl`` (or the
+``manifest_path`` it is given), the profile of its questions beside it (``manifest.profile.json``, see
+:mod:`radfm.data.profile`) and ``manifest.quarantine.jsonl`` when something was rejected, with images under
+``<out_root>/images/<source>/``.
 A bad row raises a :class:`SampleError` naming the sample, the file and the reason, or with
 ``on_error="quarantine"`` is recorded, so rows in = rows out + quarantined.
 

@@ -1,6 +1,6 @@
 """Bookkeeping shared by the importers: split assignment, slugs, list columns, the run that counts rows in,
-samples out and rejects (and writes the manifest and the quarantine report), and placing files under the
-output root (copies, hard links, PNG and NIfTI)."""
+samples out and rejects (and writes the manifest, its question profile and the quarantine report), and placing
+files under the output root (copies, hard links, PNG and NIfTI)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import numpy as np
 
 from radfm.data.errors import Quarantine, SampleError, check_on_error
 from radfm.data.manifest import SPLITS, Sample, write_manifest
+from radfm.data.profile import ensure_profile
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +76,7 @@ class _Run:
         self.source = source
         self.slug = _slug(source)
         self.out_root = Path(out_root)
-        self.manifest_path = Path(manifest_path) if manifest_path else (
-            self.out_root / "manifests" / f"{self.slug}.jsonl")
+        self.manifest_path = Path(manifest_path) if manifest_path else self.out_root / "manifest.jsonl"
         self.on_error = on_error
         self.stage = stage
         self.quarantine = Quarantine()
@@ -120,6 +120,7 @@ class _Run:
             report.unlink()  # a stale report from an earlier run would misreport this one
         log.info("%s: %d rows in, %d samples written to %s", self.source, self.rows_in, len(self.samples),
                  self.manifest_path)
+        ensure_profile(self.manifest_path)  # the data describes itself: its question families, beside it
         return self.samples, self.quarantine
 
 

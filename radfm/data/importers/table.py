@@ -108,7 +108,9 @@ def ingest_table(
     or a list in JSONL, entries may be ``{"path", "kind", "position"}``), ``question`` + ``answer`` or
     ``report`` (task ``report`` with a templated question), ``task`` (else ``task``, else report/vqa),
     ``split_col`` (else a seeded hash of the id), ``kind`` (else from the suffix), ``labels`` and ``choices``
-    (';'-separated), ``position``, ``source``. Image paths are relative to ``image_root`` (default: the
+    (';'-separated), ``position``, ``source``, ``family`` (the question family, kept as ``meta["family"]``).
+    A row with an answer but no question gets its task's default question (``diagnosis`` for ``vqa``), marked
+    ``meta["question_missing"]``. Image paths are relative to ``image_root`` (default: the
     table's folder) and must stay inside it (checked on the path as written, so a symlinked data folder
     works); only ``meta_cols`` are kept in ``meta`` (other columns may hold identifiers). Files are copied
     as they are: DICOM headers included — use :func:`ingest_dicom_folder` to de-identify DICOM studies.
@@ -137,6 +139,9 @@ def _table_row(run: _Run, where: str, rec: dict[str, Any] | None, problem: str |
     report = str(rec.get("report") or "").strip()
     row_task = str(rec.get("task") or "").strip() or task
     meta: dict[str, Any] = {c: rec[c] for c in meta_cols if rec.get(c) not in (None, "")}
+    family = str(rec.get("family") or "").strip()
+    if family:  # a question family the user names: the profile groups by it (radfm.data.profile)
+        meta["family"] = family
     if report and not answer:
         answer = report
         row_task = row_task or "report"
@@ -144,6 +149,12 @@ def _table_row(run: _Run, where: str, rec: dict[str, Any] | None, problem: str |
             question = prompts.render("report", None)
             meta["template"] = "report"
     row_task = row_task or "vqa"
+    if not question and answer:
+        # An empty question (or no question column): the task's default question, as for a report; the
+        # profile says how many rows got it.
+        template = row_task if row_task in prompts.TEMPLATES else "diagnosis"
+        question = prompts.render(template, None)
+        meta.update(template=template, question_missing=True)
     split_given = str(rec.get(split_col) or "").strip()
     row = {
         "id": sid,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +27,11 @@ def test_medmnist_pneumonia_keeps_official_splits_and_pixels(tmp_path: Path) -> 
     diag = [s for s in samples if s.task == "diagnosis"]
     assert len(diag) == 36 and len(samples) == 72
     assert {s.split for s in diag} == {"train", "val", "test"}
-    manifest = tmp_path / "out" / "manifests" / "pneumoniamnist.jsonl"
+    manifest = tmp_path / "out" / "manifest.jsonl"
     assert read_manifest(manifest) == samples
+    profile = json.loads((tmp_path / "out" / "manifest.profile.json").read_text())
+    pneu = next(f for f in profile["families"] if f["name"] == "is there pneumonia in this chest x ray")
+    assert pneu["kind"] == "yesno" and pneu["reason"] == "the rows' own choices" and pneu["rows"]["train"] == 12
     npz = np.load(PNEUMONIA)
     for s in diag:
         split, i = s.id.split("-")[1], int(s.id.split("-")[2])
@@ -64,6 +68,20 @@ def test_medmnist_3d_volumes_and_generic_labels(tmp_path: Path) -> None:
     assert named[1].answer == "spleen" and named[1].choices == ["liver", "kidney", "spleen"]
 
 
+def test_medmnist_manifest_path_given_is_kept_with_its_profile_beside_it(tmp_path: Path) -> None:
+    """`data=medmnist` passes ``<root>/manifests/<name>.jsonl``: the importer writes there, profile beside it."""
+    from radfm.data.manifest import find_manifest
+
+    imgs = np.random.default_rng(1).integers(0, 255, (6, 8, 8), dtype=np.uint8)
+    npz = tmp_path / "pneumoniamnist.npz"
+    np.savez(npz, train_images=imgs, train_labels=np.array([[0], [1]] * 3))
+    manifest = tmp_path / "root" / "manifests" / "pneumoniamnist.jsonl"
+    samples, _ = ingest_medmnist(npz, tmp_path / "root", manifest_path=manifest)
+    assert read_manifest(manifest) == samples and not (tmp_path / "root" / "manifest.jsonl").exists()
+    assert (tmp_path / "root" / "manifests" / "pneumoniamnist.profile.json").is_file()
+    assert find_manifest(tmp_path / "root") == manifest
+
+
 def test_medmnist_bad_label_raises_or_is_quarantined(tmp_path: Path) -> None:
     imgs = np.zeros((4, 5, 5), np.uint8)
     npz = tmp_path / "pneumoniamnist.npz"
@@ -74,7 +92,7 @@ def test_medmnist_bad_label_raises_or_is_quarantined(tmp_path: Path) -> None:
     assert "val_labels[2]" in err.value.file and "label 7" in err.value.reason
     samples, quarantine = ingest_medmnist(npz, tmp_path / "out", on_error="quarantine")
     assert len(samples) + len(quarantine) == 4 and len(quarantine) == 1
-    assert (tmp_path / "out" / "manifests" / "pneumoniamnist.quarantine.jsonl").is_file()
+    assert (tmp_path / "out" / "manifest.quarantine.jsonl").is_file()
     with pytest.raises(ValueError, match="no train_images"):
         np.savez(tmp_path / "empty.npz", x=imgs)
         ingest_medmnist(tmp_path / "empty.npz", tmp_path / "out")

@@ -52,7 +52,8 @@ def test_table_csv_copies_images_infers_kind_and_templates_reports(tmp_path: Pat
     assert [s.split for s in samples] == [assign_split(s.id) for s in samples]
     assert (out / "images/table/cxr/a.png").read_bytes() == (src / "cxr/a.png").read_bytes()
     assert (out / "images/table/ct/vol.nii.gz").is_file()
-    assert read_manifest(out / "manifests" / "table.jsonl") == samples
+    assert read_manifest(out / "manifest.jsonl") == samples
+    assert (out / "manifest.profile.json").is_file() and not (out / "manifests").exists()
 
 
 def test_table_jsonl_with_splits_kinds_links_and_task(tmp_path: Path) -> None:
@@ -71,7 +72,8 @@ def test_table_jsonl_with_splits_kinds_links_and_task(tmp_path: Path) -> None:
     assert samples[0].task == "modality" and samples[0].images[0].position == 0
     assert samples[0].meta == {"site": "A"}  # other columns (a patient name) are not copied
     assert samples[0].source == "mine" and samples[1].images[0].kind == "2d"
-    assert "Doe" not in (tmp_path / "out" / "manifests" / "mine.jsonl").read_text()
+    for written in ("manifest.jsonl", "manifest.profile.json"):
+        assert "Doe" not in (tmp_path / "out" / written).read_text()
 
 
 def test_table_bad_rows_name_sample_and_file_and_quarantine_adds_up(tmp_path: Path) -> None:
@@ -102,7 +104,7 @@ def test_table_bad_rows_name_sample_and_file_and_quarantine_adds_up(tmp_path: Pa
     assert "leaves the image root" in by_id["escape"].reason
     assert "answer" in by_id["noanswer"].reason
     assert "duplicate" in by_id["good"].reason
-    report = out / "manifests" / "bad.quarantine.jsonl"
+    report = out / "manifest.quarantine.jsonl"
     assert len(report.read_text().splitlines()) == 5
     assert not (out / "images" / "outside.png").exists()
 
@@ -112,3 +114,23 @@ def test_table_invalid_json_line_is_a_sample_error(tmp_path: Path) -> None:
     samples, q = ingest_table(tmp_path / "t.jsonl", tmp_path / "out", on_error="quarantine")
     assert len(samples) == 1 and len(q) == 1 and "not valid JSON" in q.items[0].reason
     assert q.items[0].sample_id == "t.jsonl line 2"
+
+
+def test_table_family_column_and_empty_question(tmp_path: Path) -> None:
+    """A ``family`` column is kept as ``meta["family"]``; a row with no question gets its task's default one."""
+    src = tmp_path / "src"
+    _png(src / "a.png")
+    (src / "t.csv").write_text(
+        "id,image,question,answer,task,family\n"
+        "f1,a.png,Which view?,PA,vqa,view\n"
+        "f2,a.png,,CT,modality,\n"
+        "f3,a.png,,normal,,\n"
+    )
+    samples, _ = ingest_table(src / "t.csv", tmp_path / "out")
+    assert samples[0].meta == {"family": "view"}
+    assert samples[1].question == prompts.render("modality", None)
+    assert samples[1].meta == {"template": "modality", "question_missing": True}
+    assert samples[2].task == "vqa" and samples[2].question == prompts.render("diagnosis", None)
+    profile = json.loads((tmp_path / "out" / "manifest.profile.json").read_text())
+    assert "view" in {f["name"] for f in profile["families"]}
+    assert any("had an empty question" in m for f in profile["families"] for m in f["messages"])
