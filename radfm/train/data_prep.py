@@ -27,4 +27,8 @@ def ensure_dataset(data_cfg: Any) -> Path:
             raise FileNotFoundError(f"MedMNIST file {npz} does not exist (set RADFM_MEDMNIST_NPZ)")
         ingest_medmnist(npz, Path(str(data_cfg.root)), name=data_cfg.name, manifest_path=manifest)
         return manifest
+    if (Path(str(data_cfg.root)) / "manifests").is_dir():
+        from radfm.data.manifest import find_manifest
+
+        return find_manifest(data_cfg.root)  # the single manifest an older `radfm ingest` wrote there
     raise FileNotFoundError(f"manifest {manifest} does not exist: run `radfm ingest …` or `radfm synth` first")

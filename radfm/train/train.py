@@ -8,7 +8,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from radfm.data.errors import Quarantine
 from radfm.data.manifest import read_manifest
@@ -62,6 +62,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     keep_freed_memory()
     L.seed_everything(cfg.seed, workers=True)
     manifest = ensure_dataset(cfg.data)
+    if str(manifest) != str(cfg.data.manifest):
+        with open_dict(cfg):
+            cfg.data.manifest = str(manifest)  # found under the data root (radfm.data.manifest.find_manifest)
     run_dir = run_dir_of(cfg)
     model_cfg = build_model_config(cfg)
     tokenizer = prepare_tokenizer(model_cfg, manifest, run_dir)
