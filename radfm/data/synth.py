@@ -3,7 +3,8 @@
 ``generate(cfg, out_dir)`` writes ``images/`` (2D PNG, 3D NIfTI), ``manifest.jsonl`` (all five RadFM
 tasks), ``scenes.jsonl`` (the ground-truth scene per image), ``baselines.json`` (blind baselines from
 :mod:`radfm.eval.baselines`: what a model scores without looking) and ``pixel_probe.json`` (a linear probe
-on downsampled pixels: proof each visual answer is in the image). ``n_samples`` counts images; each image
+on downsampled pixels: proof each visual answer is in the image), and the question profile beside the
+manifest (``manifest.profile.json``, :mod:`radfm.data.profile`). ``n_samples`` counts images; each image
 yields one row per question family in ``task_mix``. Splits are by image, so no test image is seen in
 training. Same seed, same bytes.
 """
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from radfm.data.manifest import ImageRef, Sample, write_manifest
+from radfm.data.profile import write_profile
 from radfm.data.prompts import image_position, render
 from radfm.data.synth_scene import (
     FINDING_TYPES,
@@ -238,6 +240,7 @@ def generate(cfg: SynthConfig, out_dir: str | Path) -> Path:
     config = {**asdict(cfg), "difficulty": asdict(diff)}
     _dump(out / "baselines.json", {"config": config, **baselines(samples)})
     _dump(out / "pixel_probe.json", {"config": config, **pixel_probe(out)})
+    write_profile(manifest)  # the question profile every data set carries (radfm.data.profile)
     return manifest
 
 
