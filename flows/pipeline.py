@@ -94,7 +94,8 @@ def radfm_pipeline(params: PipelineParams = PipelineParams()) -> dict[str, Any]:
         result.update(version=reg["version"], model_id=reg["model_id"], model_name=params.model_name)
         if params.promote:
             decision = _run(tasks.promote_model, False, timings, params.model_name, reg["version"], params.gate, uri)
-            result["decision"] = {k: decision[k] for k in ("promoted", "reason", "version", "champion_version")}
+            result["decision"] = {k: decision.get(k) for k in ("promoted", "refused", "reason", "version",
+                                                                "champion_version", "failed_families")}
     wall = time.perf_counter() - t_flow
     work = sum(t["work_s"] for t in timings.values())
     result["timings"] = {"stages": timings, "flow_wall_s": wall, "work_s": work,
@@ -121,10 +122,22 @@ def summary_markdown(result: dict[str, Any]) -> str:
     lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
     if "version" in result:
         d = result.get("decision") or {}
-        verdict = ("promoted to champion" if d.get("promoted") else f"not promoted ({d.get('reason')})") if d \
-            else "not evaluated for promotion"
+        if not d:
+            verdict = "not evaluated for promotion"
+        elif d.get("promoted"):
+            verdict = "promoted to champion"
+        elif d.get("refused"):
+            verdict = (f"**REFUSED by the promotion gate** (champion stays {d.get('champion_version') or 'unset'}): "
+                       f"{d.get('reason')}")
+        else:
+            verdict = f"not promoted ({d.get('reason')})"
         lines += ["", "## Registry", "", f"`{result['model_name']}` version {result['version']} "
                   f"(LoggedModel `{result.get('model_id')}`): {verdict}"]
+        failed = d.get("failed_families") or {}
+        if failed:
+            lines += ["", "| closed family | n | model | blind | image-ablated | short by |", "|---|---|---|---|---|---|"]
+            lines += [f"| {k} | {v.get('n')} | {v.get('model', '-')} | {v.get('blind', '-')} | "
+                      f"{v.get('ablated', '-')} | {v.get('short_by', '-')} |" for k, v in failed.items()]
     t = result.get("timings")
     if t:
         lines += ["", "## Stages", "", "| stage | state | wall s | work s |", "|---|---|---|---|"]
@@ -168,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides (default: experiment=demo_tiny)")
     parser.add_argument("--refresh", action="store_true", help="recompute cached stages")
-    parser.add_argument("--gate", default=None)
+    parser.add_argument("--gate", default=None, help="promotion gate YAML/JSON (default: the built-in gate, which "
+                        "refuses a version that does not beat both baselines on every closed family with >= 20 test "
+                        "rows; `baselines: false` relaxes it). Refused: exit 2")
     parser.add_argument("--no-register", action="store_true")
     parser.add_argument("--no-promote", action="store_true")
     parser.add_argument("--eval-limit", type=int, default=None)
@@ -203,7 +218,18 @@ def main(argv: list[str] | None = None) -> int:
     failing = [k for k, v in result["summary"]["tasks"].items() if not v.get("beats_both")]
     if failing:
         print(f"WARNING: the model does not beat both baselines on {failing}: it is not learning from the images")
-    return 0
+    return exit_code(result)
+
+
+def exit_code(result: dict[str, Any]) -> int:
+    """2 (one line on stderr) when the promotion gate refused the version, else 0. A refusal is recorded in the
+    registry; the flow itself completes and returns its result (a scheduled retrain that is refused is normal)."""
+    d = result.get("decision") or {}
+    if not d.get("refused"):
+        return 0
+    print(f"radfm pipeline: {result.get('model_name')} version {d.get('version')} REFUSED by the promotion gate "
+          f"(champion stays {d.get('champion_version') or 'unset'}): {d.get('reason')}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -50,9 +50,14 @@ def radfm_retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:  #
     logger.info("data version %s differs from %s@%s's (%s): retraining", data["version"], p.model_name,
                 params.alias, before)
     result = radfm_pipeline(p)
-    return {"action": "trained", "data_version": data["version"], "trained_on": before, "pipeline": result}
+    decision = result.get("decision") or {}
+    if decision.get("refused"):
+        # A normal outcome of a scheduled retrain: the champion stays, the refusal is recorded on the version.
+        logger.warning("version %s was refused by the promotion gate: %s", result.get("version"), decision["reason"])
+    return {"action": "trained", "data_version": data["version"], "trained_on": before, "pipeline": result,
+            "promoted": bool(decision.get("promoted")), "refused": bool(decision.get("refused"))}
 
 
 if __name__ == "__main__":
     out = radfm_retrain(RetrainParams(pipeline=PipelineParams(overrides=sys.argv[1:] or ["experiment=demo_tiny"])))
-    print(out["action"], out["data_version"])
+    print(out["action"], out["data_version"], *(["refused by the promotion gate"] if out.get("refused") else []))

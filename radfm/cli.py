@@ -57,20 +57,33 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _ingest(args: argparse.Namespace) -> int:
+    """Import into ``OUT/manifest.jsonl`` (+ ``manifest.profile.json`` beside it); a known error is one line."""
+    from pathlib import Path
+
     from radfm.data import importers
+    from radfm.data.profile import load_profile, profile_path, summary
 
     common = {"on_error": args.on_error}
-    if args.kind == "table":
-        samples, quarantine = importers.ingest_table(args.source, args.out, image_root=args.image_root,
-                                                     task=args.task, **common)
-    elif args.kind == "medmnist":
-        samples, quarantine = importers.ingest_medmnist(args.source, args.out, name=args.name,
-                                                        max_per_split=args.max_per_split, **common)
-    else:
-        if not args.reports:
-            raise SystemExit("radfm ingest dicom needs --reports REPORTS.csv")
-        samples, quarantine = importers.ingest_dicom_folder(args.source, args.reports, args.out, **common)
-    print(f"{len(samples)} samples written under {args.out}; {len(quarantine)} quarantined")
+    manifest = Path(args.out) / "manifest.jsonl"
+    try:
+        if args.kind == "table":
+            samples, quarantine = importers.ingest_table(args.source, args.out, image_root=args.image_root,
+                                                         task=args.task, **common)
+        elif args.kind == "medmnist":
+            samples, quarantine = importers.ingest_medmnist(args.source, args.out, name=args.name,
+                                                            max_per_split=args.max_per_split, **common)
+        else:
+            if not args.reports:
+                raise SystemExit("radfm ingest dicom needs --reports REPORTS.csv")
+            samples, quarantine = importers.ingest_dicom_folder(args.source, args.reports, args.out, **common)
+        profile = load_profile(manifest)
+    except (OSError, ValueError) as exc:  # SampleError is a ValueError: it names the sample, file and reason
+        print(f"radfm ingest {args.kind}: {exc}", file=sys.stderr)
+        return 2
+    print(f"{len(samples)} samples written under {args.out} ({manifest.name}); {len(quarantine)} quarantined")
+    if profile is not None:
+        print(f"question profile: {profile_path(manifest)} ({summary(profile)}); `radfm validate {args.out}` "
+              "shows it")
     return 0
 
 
@@ -124,14 +137,23 @@ def _promote(args: argparse.Namespace) -> int:
 
     import yaml
 
-    from radfm.registry.promotion import Gate, promote
-    from radfm.registry.registry import default_tracking_uri
+    from radfm.registry.promotion import Gate, MissingMetricsError, promote
+    from radfm.registry.registry import RegistryError, default_tracking_uri
 
-    gate = None
-    if args.gate:
-        text = Path(args.gate).read_text()
-        gate = Gate.from_dict(json.loads(text) if args.gate.endswith(".json") else yaml.safe_load(text))
-    decision = promote(args.name, version=args.version, gate=gate, tracking_uri=default_tracking_uri())
+    try:
+        gate = None
+        if args.gate:
+            text = Path(args.gate).read_text()
+            gate = Gate.from_dict(json.loads(text) if args.gate.endswith(".json") else yaml.safe_load(text))
+        decision = promote(args.name, version=args.version, gate=gate, tracking_uri=default_tracking_uri())
+    except (MissingMetricsError, RegistryError, ConnectionError, ValueError, OSError, yaml.YAMLError) as exc:
+        print(f"radfm promote: {exc}", file=sys.stderr)
+        return 2
+    if decision.refused:
+        # One line, exit 2: the decision (and which families failed) is recorded on the version in the registry.
+        print(f"radfm promote: REFUSED {args.name} version {decision.version} "
+              f"(champion stays {decision.champion_version or 'unset'}): {decision.reason}", file=sys.stderr)
+        return 2
     print(f"{'PROMOTED' if decision.promoted else 'not promoted'}: {decision.reason}")
     return 0
 
@@ -208,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("promote", help="move `champion` to the challenger if it passes the gate")
     p.add_argument("--name", default="radfm")
     p.add_argument("--version", default=None)
-    p.add_argument("--gate", default=None, help="gate as YAML/JSON (required_tasks, min_gain, max_regression, floors)")
+    p.add_argument("--gate", default=None, help="gate as YAML/JSON (required_tasks, min_gain, max_regression, floors, "
+                   "baselines, min_family_rows); refused: exit 2")
     p.set_defaults(func=_promote)
 
     p = sub.add_parser("predict", help="answer a prompt about one or more images with a registered model")
@@ -225,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ingest", help="import your own data into a manifest")
     p.add_argument("kind", choices=["table", "medmnist", "dicom"])
     p.add_argument("source", help="CSV/JSONL table, MedMNIST .npz, or DICOM folder")
-    p.add_argument("--out", required=True, help="output data root (manifest + images)")
+    p.add_argument("--out", required=True, help="output data root: OUT/manifest.jsonl, its profile, images/")
     p.add_argument("--image-root", default=None, help="table importer: folder the image paths are relative to")
     p.add_argument("--task", default=None, help="table importer: task for rows without one")
     p.add_argument("--name", default=None, help="MedMNIST dataset name (default: from the file name)")
@@ -243,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="Great Expectations suites on a manifest and its images")
     p.add_argument("data", help="data root (holds the manifest)")
-    p.add_argument("--manifest", default=None, help="default: DATA/manifest.jsonl")
+    p.add_argument("--manifest", default=None,
+                   help="default: DATA/manifest.jsonl, else the one manifest under DATA/manifests/")
     p.add_argument("--out", default=None, help="report folder (default: $RADFM_HOME/validation/<name>)")
     p.add_argument("--config", default=None, help="YAML of thresholds (default: conf/validation/default.yaml)")
     p.add_argument("--mostly", type=float, default=None, help="override every expectation's `mostly`")

@@ -50,6 +50,8 @@ def test_synth_then_ingest_table(tmp_path):
                 str(tmp_path / "synth"))
     assert out.returncode == 0, out.stderr
     assert "10 samples written" in out.stdout
+    assert (tmp_path / "mine" / "manifest.jsonl").is_file() and not (tmp_path / "mine" / "manifests").exists()
+    assert (tmp_path / "mine" / "manifest.profile.json").is_file() and "question profile:" in out.stdout
 
 
 @pytest.mark.skipif(not SHARED.exists(), reason="../shared/data/pneumoniamnist.npz is not available here")
@@ -63,3 +65,73 @@ def test_bad_command_is_a_clear_error():
     out = radfm("ingest", "table", "/nonexistent.csv", "--out", "/tmp/x")
     assert out.returncode != 0
     assert "nonexistent.csv" in out.stderr
+
+
+def _cases_table(tmp_path: Path, n: int = 40) -> Path:
+    """A user's table: real PNGs, a modality question, two phrasings of a yes/no question, free-text notes."""
+    import numpy as np
+    from PIL import Image
+
+    src = tmp_path / "src"
+    (src / "img").mkdir(parents=True)
+    lines = ["id,image,split,question,answer"]
+    for i in range(n):
+        rng = np.random.default_rng(i)
+        Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(src / "img" / f"{i}.png")
+        split = "train" if i % 5 < 3 else ("val" if i % 5 == 3 else "test")
+        ask = "Is there pneumonia?" if i % 2 else "Is pneumonia present in this X-ray?"
+        lines += [f"c{i}-m,img/{i}.png,{split},What is the modality?,{'CT' if i % 2 else 'X-ray'}",
+                  f"c{i}-p,img/{i}.png,{split},{ask},{'Yes.' if i % 3 else 'no'}",
+                  f"c{i}-n,img/{i}.png,{split},Describe the image.,Case {i}: a {i} mm opacity in the left lung."]
+    (src / "cases.csv").write_text("\n".join(lines) + "\n")
+    return src / "cases.csv"
+
+
+def test_ingest_writes_manifest_and_profile_and_validate_prints_it(tmp_path, capsys):
+    from radfm.cli import main
+
+    data = tmp_path / "mine"
+    assert main(["ingest", "table", str(_cases_table(tmp_path)), "--out", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert (data / "manifest.jsonl").is_file() and (data / "manifest.profile.json").is_file()
+    assert "120 samples written" in out and "1 closed, 1 yes/no, 1 open" in out
+
+    code = main(["validate", str(data), "--out", str(tmp_path / "report"), "--no-images"])
+    out = capsys.readouterr().out
+    assert code in (0, 1), out
+    table = out[out.index("question families:"):]
+    assert "1 closed, 1 yes/no, 1 open" in table.splitlines()[0]
+    rows = {line.split("  ")[0].strip(): line.split() for line in table.splitlines()[2:5]}
+    assert rows["what is the modality"][-6:] == ["closed", "24", "8", "8", "CT,", "X-ray"]
+    assert rows["is there pneumonia"][-6:] == ["yesno", "24", "8", "8", "no,", "yes"]
+    assert rows["describe the image"][-5:] == ["open", "24", "8", "8", "-"]
+    assert "differ from their choice in case or punctuation" in table
+    assert f"profile: {data / 'manifest.profile.json'}" in table
+
+
+def test_readers_find_one_manifest_under_manifests_and_refuse_two(tmp_path, capsys):
+    import shutil
+
+    from radfm.cli import main
+
+    data = tmp_path / "mine"
+    assert main(["ingest", "table", str(_cases_table(tmp_path, 10)), "--out", str(data)]) == 0
+    (data / "manifests").mkdir()
+    shutil.move(data / "manifest.jsonl", data / "manifests" / "cases.jsonl")
+    capsys.readouterr()
+    assert main(["validate", str(data), "--out", str(tmp_path / "r1"), "--no-images"]) in (0, 1)
+    out = capsys.readouterr().out
+    assert "question families:" in out and "computed now, not written" in out
+    shutil.copy(data / "manifests" / "cases.jsonl", data / "manifests" / "other.jsonl")
+    assert main(["validate", str(data), "--out", str(tmp_path / "r2")]) == 2
+    out = capsys.readouterr().out
+    assert "2 manifests (cases.jsonl, other.jsonl)" in out and len(out.strip().splitlines()) == 1
+
+
+def test_ingest_error_is_one_line(tmp_path, capsys):
+    from radfm.cli import main
+
+    (tmp_path / "t.csv").write_text("id,image,question,answer\nr1,missing.png,Q?,A\n")
+    assert main(["ingest", "table", str(tmp_path / "t.csv"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "sample r1" in err and "missing.png" in err and "not found" in err

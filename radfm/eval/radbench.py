@@ -4,8 +4,10 @@ per task and per question family, so each score stands beside the two baselines 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +19,7 @@ from radfm.data.datamodule import RadFMDataset
 from radfm.data.manifest import Sample, read_manifest
 from radfm.data.transforms import TransformConfig, checkpoint_transform
 from radfm.eval import metrics as M
-from radfm.eval.baselines import best_constant, family, majority
+from radfm.eval.baselines import blind_answer, family, fit_blind
 from radfm.eval.predict import Prediction, predict
 from radfm.eval.report import summary_markdown, write_html_report
 
@@ -48,18 +50,12 @@ def _norm(text: str) -> str:
 
 
 def blind_answers(train: Sequence[Sample], test: Sequence[Sample]) -> list[Prediction]:
-    """The best image-blind answer per family, fitted on train: the majority answer, or for reports and
-    rationales the constant text with the best mean ROUGE-L against the training answers."""
-    by_family: dict[str, list[str]] = {}
-    for s in train:
-        by_family.setdefault(family(s), []).append(s.answer)
-    const: dict[str, str] = {}
-    for fam, answers in by_family.items():
-        tasks = {s.task for s in train if family(s) == fam}
-        const[fam] = best_constant(answers) if tasks & set(TEXT_TASKS) else majority(answers)
+    """The best image-blind answer per family, fitted on train (:func:`radfm.eval.baselines.fit_blind`): the
+    majority answer, or for reports and rationales the constant text with the best mean ROUGE-L."""
+    fit = fit_blind(train)
     out = []
     for s in test:
-        text = const.get(family(s), "")
+        text = blind_answer(fit, s)
         probs = {c: float(c == text) for c in s.choices} if s.choices else {}
         out.append(Prediction(text, probs))
     return out
@@ -106,7 +102,9 @@ def score_group(samples: Sequence[Sample], preds: Sequence[Prediction], embeddin
 
 def summarise(samples: Sequence[Sample], systems: dict[str, Sequence[Prediction]],
               embedding: bool = True) -> dict[str, Any]:
-    """``{"tasks": {task: {system: metrics}}, "families": {...}}`` plus a ``beats_both`` verdict per task."""
+    """``{"tasks": {task: {system: metrics}}, "families": {"<task>/<family>": {system: metrics}}}`` plus a
+    ``beats_both`` verdict per entry; a family entry also carries ``n`` (its test rows) and ``closed`` (every
+    row has ``choices``: the promotion gate holds closed families to their baselines)."""
     groups: dict[str, dict[str, list[int]]] = {"tasks": {}, "families": {}}
     for i, s in enumerate(samples):
         groups["tasks"].setdefault(s.task, []).append(i)
@@ -139,15 +137,31 @@ def summarise(samples: Sequence[Sample], systems: dict[str, Sequence[Prediction]
             if "blind" in entry and "ablated" in entry:
                 m = entry["model"]["headline"]
                 entry["beats_both"] = bool(m > entry["blind"]["headline"] and m > entry["ablated"]["headline"])
+            if level == "families":
+                entry["n"] = len(idx)
+                entry["closed"] = all(samples[i].choices for i in idx)
             result[level][key] = entry
     return result
+
+
+def with_profile(samples: list[Sample], manifest: str | Path) -> list[Sample]:
+    """The rows with their question profile on them (:func:`radfm.data.profile.apply_profile`: the family name,
+    and ``choices`` for a closed or yes/no family), so a user's closed questions are ranked by likelihood (AUC
+    for yes/no), fitted a blind answer per family and held to the baselines as closed by the promotion gate.
+    The profile written beside the manifest, else computed here; rows that already have choices are unchanged
+    (MedMD-synth's rows are all left as they are)."""
+    from radfm.data.profile import apply_profile, load_profile, profile_manifest
+
+    if str(manifest).startswith("s3://"):
+        return samples
+    return apply_profile(samples, load_profile(manifest) or profile_manifest(manifest))
 
 
 def evaluate(model: Any, tokenizer: Any, cfg: EvalConfig, out_dir: str | Path, cache: Any = None) -> dict[str, Any]:
     """Run RadBench on ``cfg.split`` of the manifest; write CSV, summary JSON/Markdown and the HTML report."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    samples = read_manifest(cfg.manifest)
+    samples = with_profile(read_manifest(cfg.manifest), cfg.manifest)
     test = [s for s in samples if s.split == cfg.split]
     if not test:
         raise ValueError(f"the {cfg.split} split of {cfg.manifest} is empty: nothing to evaluate")
@@ -196,17 +210,29 @@ def write_predictions(path: Path, samples: Sequence[Sample], systems: dict[str, 
                         *[systems[k][i].text for k in extra]])
 
 
+def _metric_part(text: str) -> str:
+    """One part of an MLflow metric name: characters MLflow refuses become ``_``; a long part is cut and keeps
+    a short hash, so two long families never share a name."""
+    part = re.sub(r"[^\w\-]", "_", text)
+    if len(part) > 120:
+        part = part[:110] + "-" + hashlib.sha1(text.encode()).hexdigest()[:8]
+    return part
+
+
 def flat_metrics(summary: dict[str, Any]) -> dict[str, float]:
-    """``radbench/<level>/<key>/<system>/<metric>`` → value, finite numbers only (MLflow refuses NaN keys)."""
+    """``radbench/<level>/<key>/<system>/<metric>`` → value, finite numbers only (MLflow refuses NaN keys); a
+    family adds ``…/n`` and ``…/closed`` (1 for a closed family)."""
     out: dict[str, float] = {}
     for level in ("tasks", "families"):
         for key, entry in summary[level].items():
+            name = "/".join(_metric_part(p) for p in key.split("/", 1))
             for system in SYSTEMS:
                 for metric, value in entry.get(system, {}).items():
                     if isinstance(value, float) and np.isfinite(value):
-                        out[f"radbench/{level}/{key}/{system}/{metric}".replace(" ", "_")] = value
-            if "beats_both" in entry:
-                out[f"radbench/{level}/{key}/beats_both"] = float(entry["beats_both"])
+                        out[f"radbench/{level}/{name}/{system}/{_metric_part(metric)}"] = value
+            for verdict in ("beats_both", "n", "closed"):
+                if verdict in entry:
+                    out[f"radbench/{level}/{name}/{verdict}"] = float(entry[verdict])
     return out
 
 

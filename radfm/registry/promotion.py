@@ -1,5 +1,11 @@
 """The promotion gate: a challenger version replaces the ``champion`` alias only when its RadBench scores pass.
 
+The gate stands on the baselines: by default (``baselines: true``) a version — the first one included — is
+refused unless it beats both its blind and its image-ablated baseline on every closed question family with at
+least ``min_family_rows`` test rows (smaller families are too noisy to judge and are listed as not judged; a
+version with closed families none of which is that large is refused: nothing shows it learned from the images).
+A gate file relaxes it explicitly: ``baselines: false``, or a larger ``min_family_rows``.
+
 Metric keys are ``<task>.<metric>`` (``<task>`` alone means its headline); ``*`` means every task's headline
 and ``*.<metric>`` that metric of every task. The most specific key wins. The decision and both score tables
 are written to the challenger version (tags + one description line) before the alias moves; moving
@@ -20,6 +26,7 @@ from radfm.registry.registry import (
     DEFAULT_NAME,
     RegistryError,
     client,
+    read_family_scores,
     read_scores,
     version_by_alias,
 )
@@ -31,22 +38,40 @@ class MissingMetricsError(ValueError):
     """A version has no RadBench scores in the registry: it cannot be compared or promoted."""
 
 
+FIELDS = ("required_tasks", "min_gain", "max_regression", "floors", "baselines", "min_family_rows")
+
+
 @dataclass
 class Gate:
     required_tasks: list[str] = field(default_factory=list)
     min_gain: dict[str, float] = field(default_factory=dict)
     max_regression: dict[str, float] = field(default_factory=lambda: {"*": 0.02})
     floors: dict[str, float] = field(default_factory=dict)
+    # Every closed family with at least min_family_rows test rows must beat both baselines (the first version too).
+    baselines: bool = True
+    min_family_rows: int = 20
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> Gate:
         d = dict(d or {})
-        unknown = set(d) - {"required_tasks", "min_gain", "max_regression", "floors"}
+        unknown = set(d) - set(FIELDS)
         if unknown:
-            raise ValueError(f"unknown gate field(s) {sorted(unknown)}: use required_tasks, min_gain, "
-                             "max_regression, floors")
-        return cls(**{k: (list(v) if k == "required_tasks" else {str(a): float(b) for a, b in dict(v).items()})
-                      for k, v in d.items()})
+            raise ValueError(f"unknown gate field(s) {sorted(unknown)}: use {', '.join(FIELDS)}")
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            if k == "required_tasks":
+                out[k] = list(v)
+            elif k == "baselines":
+                if not isinstance(v, bool):
+                    raise ValueError(f"gate field baselines must be true or false, got {v!r}")
+                out[k] = v
+            elif k == "min_family_rows":
+                if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                    raise ValueError(f"gate field min_family_rows must be a whole number >= 1, got {v!r}")
+                out[k] = v
+            else:
+                out[k] = {str(a): float(b) for a, b in dict(v).items()}
+        return cls(**out)
 
 
 @dataclass
@@ -58,6 +83,10 @@ class Decision:
     version: str = ""
     champion_version: str | None = None
     checks: list[str] = field(default_factory=list)
+    # True when the gate said no (not for "already champion"): `radfm promote` and the pipeline exit 2 then.
+    refused: bool = False
+    failures: list[str] = field(default_factory=list)
+    failed_families: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,11 +129,63 @@ def _scores(mv: Any, name: str) -> dict[str, dict[str, Any]]:
     return scores
 
 
-def evaluate_gate(gate: Gate, challenger: dict[str, dict[str, Any]],
-                  champion: dict[str, dict[str, Any]] | None) -> tuple[bool, list[str], list[str]]:
-    """``(passed, failures, checks)`` — pure: no registry access."""
+def _short_by(f: dict[str, Any]) -> float | None:
+    baselines = [f[k] for k in ("blind_headline", "ablated_headline") if f.get(k) is not None]
+    if f.get("headline") is None or len(baselines) < 2:
+        return None
+    return max(baselines) - f["headline"]
+
+
+def baseline_check(gate: Gate, families: dict[str, dict[str, Any]] | None
+                   ) -> tuple[list[str], list[str], dict[str, dict[str, Any]]]:
+    """``(failures, checks, failed_families)`` of the rule "beats both baselines on every closed family with at
+    least ``gate.min_family_rows`` test rows" — pure: no registry access."""
+    if not gate.baselines:
+        return [], ["baselines not checked (the gate says baselines: false)"], {}
+    if not families:
+        return [("no family-level RadBench scores (radbench.family.* tags): register it again from a current "
+                 "`radfm eval` summary, or relax the gate with `baselines: false`")], [], {}
+    closed = {k: f for k, f in sorted(families.items()) if f.get("closed")}
+    if not closed:
+        return [], ["no closed question family: nothing to hold to the baselines"], {}
     failures: list[str] = []
     checks: list[str] = []
+    failed: dict[str, dict[str, Any]] = {}
+    judged = {k: f for k, f in closed.items() if int(f.get("n", 0)) >= gate.min_family_rows}
+    for key, f in closed.items():
+        if key not in judged:
+            checks.append(f"closed family {key}: {int(f.get('n', 0))} test rows < {gate.min_family_rows}, not judged")
+    if not judged:
+        largest = max(closed.items(), key=lambda kv: int(kv[1].get("n", 0)))
+        return [(f"no closed family has {gate.min_family_rows} test rows (largest: {largest[0]}, "
+                 f"{int(largest[1].get('n', 0))}): too few to tell whether it learns from the images; evaluate on "
+                 "more test rows, or relax the gate (`baselines: false`)")], checks, {}
+    for key, f in judged.items():
+        gap = _short_by(f)
+        n = int(f["n"])
+        if gap is None:
+            failures.append(f"closed family {key} (n={n}) has no blind and image-ablated baselines (RadBench ran "
+                            "with --no-ablate?)")
+            failed[key] = {"n": n, "missing": "baselines"}
+            continue
+        scores = (f"model {f['headline']:.3f}, blind {f['blind_headline']:.3f}, image-ablated "
+                  f"{f['ablated_headline']:.3f}")
+        ok = gap < 0  # what beats_both says, from the same headlines
+        checks.append(f"closed family {key} (n={n}) beats both baselines: {'yes' if ok else 'no'} ({scores})")
+        if not ok:
+            failures.append(f"closed family {key} (n={n}) does not beat both baselines: {scores}, short by "
+                            f"{max(gap, 0.0):.3f}")
+            failed[key] = {"n": n, "model": round(f["headline"], 6), "blind": round(f["blind_headline"], 6),
+                           "ablated": round(f["ablated_headline"], 6), "short_by": round(max(gap, 0.0), 6)}
+    return failures, checks, failed
+
+
+def evaluate_gate(gate: Gate, challenger: dict[str, dict[str, Any]],
+                  champion: dict[str, dict[str, Any]] | None,
+                  families: dict[str, dict[str, Any]] | None = None) -> tuple[bool, list[str], list[str]]:
+    """``(passed, failures, checks)`` — pure: no registry access. ``families`` are the challenger's family
+    scores (:func:`radfm.registry.registry.read_family_scores`), held to the baselines when ``gate.baselines``."""
+    failures, checks, _ = baseline_check(gate, families)
     for task in gate.required_tasks:
         ok = bool(challenger[task].get("beats_both"))
         checks.append(f"{task} beats blind and image-ablated: {'yes' if ok else 'no'}")
@@ -174,14 +255,20 @@ def promote(name: str = DEFAULT_NAME, version: str | int | None = None, gate: Ga
                         str(champ.version))
     champion = _scores(champ, name) if champ is not None else None
 
-    passed, failures, checks = evaluate_gate(gate, challenger, champion)
+    families = read_family_scores(mv.tags or {})
+    passed, failures, checks = evaluate_gate(gate, challenger, champion, families)
+    failed_families = baseline_check(gate, families)[2]
     against = f"version {champ.version}" if champ is not None else "the absolute floors (no champion yet)"
+    if gate.baselines:
+        against = f"its baselines and {against}"
     if passed:
         reason = f"passed the gate against {against}"
     else:
-        reason = f"failed the gate against {against}: " + "; ".join(failures)
+        shown = failures[:8] + ([f"… and {len(failures) - 8} more"] if len(failures) > 8 else [])
+        reason = f"failed the gate against {against}: " + "; ".join(shown)
     decision = Decision(passed, reason, _table(challenger), _table(champion) if champion else None,
-                        str(mv.version), str(champ.version) if champ is not None else None, checks)
+                        str(mv.version), str(champ.version) if champ is not None else None, checks,
+                        refused=not passed, failures=failures, failed_families=failed_families)
     _record(c, name, mv, decision, gate)
     if passed:
         # The only write that changes who is champion, and the last one.
@@ -201,6 +288,9 @@ def _record(c: Any, name: str, mv: Any, decision: Decision, gate: Gate) -> None:
         "promotion.gate": json.dumps(asdict(gate), sort_keys=True)[:5000],
         "promotion.challenger_scores": json.dumps(decision.challenger, sort_keys=True)[:5000],
         "promotion.champion_scores": json.dumps(decision.champion, sort_keys=True)[:5000],
+        # Which closed families kept it out, with model/blind/ablated headlines and the gap (JSON, {} when none).
+        "promotion.failed_families": json.dumps(dict(list(decision.failed_families.items())[:100]),
+                                                sort_keys=True),
     }
     current = mv.tags or {}
     for key, value in tags.items():
@@ -225,5 +315,6 @@ def history(name: str = DEFAULT_NAME, tracking_uri: str | None = None) -> list[d
                     "compared_to": tags.get("promotion.compared_to"),
                     "challenger_scores": json.loads(tags.get("promotion.challenger_scores", "null")),
                     "champion_scores": json.loads(tags.get("promotion.champion_scores", "null")),
+                    "failed_families": json.loads(tags.get("promotion.failed_families", "{}")),
                     "description": mv.description or ""})
     return out

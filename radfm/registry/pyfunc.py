@@ -7,9 +7,11 @@ registry version made from it, the run and the benchmark stay joined.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -118,21 +120,47 @@ def signature() -> Any:
     return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 
 
+def family_name(key: str) -> str:
+    """A RadBench family key (``<task>/<family>``) as an MLflow-legal name part without ``.``: characters MLflow
+    refuses (and dots, the separator of the metric and tag names) become ``_``; a long family is cut and keeps a
+    short hash."""
+    task, _, fam = key.partition("/")
+    safe = re.sub(r"[^\w\- ]+", "_", fam).strip(" _") or "_"
+    if len(safe) > 120:
+        safe = safe[:110] + "-" + hashlib.sha1(fam.encode()).hexdigest()[:8]
+    return re.sub(r"[^\w-]", "_", task) + "/" + safe if fam else safe
+
+
+def _numbers(prefix: str, entry: dict[str, Any], out: dict[str, float], systems_metrics: bool = True) -> None:
+    for system, metrics in entry.items():
+        if isinstance(metrics, dict):
+            for key, value in metrics.items():
+                if not systems_metrics and key != "headline":
+                    continue
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                    out[f"{prefix}.{system}.{key}"] = float(value)
+    if "beats_both" in entry:
+        out[f"{prefix}.beats_both"] = float(bool(entry["beats_both"]))
+
+
 def radbench_metrics(summary: dict[str, Any]) -> dict[str, float]:
-    """``{"<task>.<system>.<metric>": value, "<task>.beats_both": 0/1}`` from a RadBench summary (tasks level)."""
+    """``{"<task>.<system>.<metric>": value, "<task>.beats_both": 0/1}`` from a RadBench summary's tasks, and
+    per family ``family.<task>/<family>.<system>.headline``, ``….beats_both``, ``….n`` (test rows) and
+    ``….closed`` (1 when its rows are closed questions; for a summary written before ``closed`` existed: when
+    its model scores have ``macro_f1``, which only closed rows get)."""
     tasks = summary.get("tasks") if isinstance(summary, dict) else None
     if not tasks:
         raise ValueError("the RadBench summary has no 'tasks': pass the dict returned by radfm.eval.radbench."
                          "evaluate (or its summary.json)")
     out: dict[str, float] = {}
     for task, entry in tasks.items():
-        for system, metrics in entry.items():
-            if isinstance(metrics, dict):
-                for key, value in metrics.items():
-                    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                        out[f"{task}.{system}.{key}"] = float(value)
-        if "beats_both" in entry:
-            out[f"{task}.beats_both"] = float(bool(entry["beats_both"]))
+        _numbers(task, entry, out)
+    for key, entry in (summary.get("families") or {}).items():
+        prefix = f"family.{family_name(key)}"
+        _numbers(prefix, entry, out, systems_metrics=False)
+        model = entry.get("model") or {}
+        out[f"{prefix}.n"] = float(entry.get("n", model.get("n", 0)))
+        out[f"{prefix}.closed"] = float(bool(entry.get("closed", "macro_f1" in model)))
     return out
 
 

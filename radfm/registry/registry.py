@@ -1,8 +1,9 @@
 """Register a logged radfm pyfunc as a new version of the registered model and make it the ``challenger``.
 
 The version's RadBench scores are copied to version tags (``radbench.<task>.<metric>`` for the model's own
-metrics, ``radbench.<task>.blind_headline`` / ``ablated_headline`` / ``beats_both`` for the baselines), so the
-promotion gate reads them from the registry alone.
+metrics, ``radbench.<task>.blind_headline`` / ``ablated_headline`` / ``beats_both`` for the baselines), and per
+question family ``radbench.family.<task>/<family>.headline`` / ``.blind_headline`` / ``.ablated_headline`` /
+``.beats_both`` / ``.n`` (test rows) / ``.closed``, so the promotion gate reads them from the registry alone.
 """
 
 from __future__ import annotations
@@ -42,17 +43,39 @@ def health_check(tracking_uri: str | None, timeout: float = 3.0) -> None:
     check_server(tracking_uri or "", timeout=timeout)
 
 
+FAMILY_PREFIX = TAG_PREFIX + "family."
+
+
+def _system_tag(prefix: str, system: str, metric: str, value: float) -> tuple[str, str] | None:
+    if system == "model":
+        return f"{prefix}.{metric}", repr(float(value))
+    if metric == "headline":
+        return f"{prefix}.{system}_headline", repr(float(value))
+    return None
+
+
 def radbench_tags(metrics: dict[str, float]) -> dict[str, str]:
-    """Flat LoggedModel metrics (``<task>.<system>.<metric>``, ``<task>.beats_both``) → version tags."""
+    """Flat LoggedModel metrics (``<task>.<system>.<metric>``, ``<task>.beats_both``, and per family
+    ``family.<task>/<family>.{<system>.headline, beats_both, n, closed}``) → version tags."""
     tags: dict[str, str] = {}
     for key, value in metrics.items():
         parts = key.split(".")
-        if len(parts) == 2 and parts[1] == "beats_both":
+        if parts[0] == "family" and len(parts) in (3, 4):
+            prefix = f"{FAMILY_PREFIX}{parts[1]}"
+            if len(parts) == 4:
+                pair = _system_tag(prefix, parts[2], parts[3], value)
+                if pair:
+                    tags[pair[0]] = pair[1]
+            elif parts[2] in ("beats_both", "closed"):
+                tags[f"{prefix}.{parts[2]}"] = "true" if value else "false"
+            elif parts[2] == "n":
+                tags[f"{prefix}.n"] = str(int(value))
+        elif len(parts) == 2 and parts[1] == "beats_both":
             tags[f"{TAG_PREFIX}{parts[0]}.beats_both"] = "true" if value else "false"
-        elif len(parts) == 3 and parts[1] == "model":
-            tags[f"{TAG_PREFIX}{parts[0]}.{parts[2]}"] = repr(float(value))
-        elif len(parts) == 3 and parts[2] == "headline":
-            tags[f"{TAG_PREFIX}{parts[0]}.{parts[1]}_headline"] = repr(float(value))
+        elif len(parts) == 3:
+            pair = _system_tag(f"{TAG_PREFIX}{parts[0]}", parts[1], parts[2], value)
+            if pair:
+                tags[pair[0]] = pair[1]
     return tags
 
 
@@ -61,10 +84,26 @@ def read_scores(tags: dict[str, str]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for key, value in tags.items():
         m = re.fullmatch(re.escape(TAG_PREFIX) + r"(.+)\.([^.]+)", key)
-        if not m:
+        if not m or key.startswith(FAMILY_PREFIX):
             continue
         task, metric = m.groups()
         out.setdefault(task, {})[metric] = value == "true" if metric == "beats_both" else float(value)
+    return out
+
+
+def read_family_scores(tags: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Version tags → ``{"<task>/<family>": {"headline", "blind_headline", "ablated_headline": float,
+    "beats_both", "closed": bool, "n": int}}`` (empty when the version has no family scores)."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in tags.items():
+        m = re.fullmatch(re.escape(FAMILY_PREFIX) + r"(.+)\.([^.]+)", key)
+        if not m:
+            continue
+        fam, metric = m.groups()
+        if metric in ("beats_both", "closed"):
+            out.setdefault(fam, {})[metric] = value == "true"
+        else:
+            out.setdefault(fam, {})[metric] = int(float(value)) if metric == "n" else float(value)
     return out
 
 

@@ -20,8 +20,18 @@ def params(overrides: list[str], **kw) -> PipelineParams:
 
 
 @pytest.fixture(scope="module")
-def first_run(prefect_harness, pipeline_overrides, flow_home):
-    p = params(pipeline_overrides(), model_name="radfm-e2e")
+def relaxed_gate(flow_home):
+    """A 4-step model on 48 samples cannot show that it learns from the images (its closed families have a few
+    test rows each): the built-in gate refuses it (test_default_gate_refuses_a_few_step_model). Tests that need
+    a champion say so explicitly, the documented way: a gate file with ``baselines: false``."""
+    path = flow_home / "relaxed-gate.yaml"
+    path.write_text("baselines: false\n")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def first_run(prefect_harness, pipeline_overrides, flow_home, relaxed_gate):
+    p = params(pipeline_overrides(), model_name="radfm-e2e", gate=relaxed_gate)
     return p, radfm_pipeline(p), flow_home
 
 
@@ -35,7 +45,7 @@ def test_pipeline_runs_from_data_to_champion(first_run):
     assert list(stages) == ["compose-config", "prepare-data", "validate-data", "train", "radbench", "register",
                             "promote"]
     assert all(s["state"] == "Completed" for s in stages.values()), stages
-    # The first version has no champion to beat and the default gate has no floors: it becomes champion.
+    # The first version has no champion to beat and the relaxed gate has no floors: it becomes champion.
     assert result["version"] == "1" and result["decision"]["promoted"] is True
     c = client(home)
     champion = c.get_model_version_by_alias("radfm-e2e", "champion")
@@ -77,7 +87,7 @@ def test_failed_run_resumes_from_the_failed_task(prefect_harness, pipeline_overr
     c = client(flow_home)
     assert [str(v.version) for v in c.search_model_versions("name='radfm-resume'")] == ["1"]
 
-    gate.write_text("max_regression: {'*': 1.0}\n")
+    gate.write_text("max_regression: {'*': 1.0}\nbaselines: false\n")
     result = radfm_pipeline(p)
     stages = result["timings"]["stages"]
     assert [stages[s]["state"] for s in WORK_STAGES] == ["Cached"] * len(WORK_STAGES), stages
@@ -85,6 +95,32 @@ def test_failed_run_resumes_from_the_failed_task(prefect_harness, pipeline_overr
     # Cached work costs nothing this time, and the model was registered once, not twice.
     assert all(stages[s]["work_s"] == 0.0 for s in WORK_STAGES)
     assert [str(v.version) for v in c.search_model_versions("name='radfm-resume'")] == ["1"]
+
+
+def test_default_gate_refuses_a_few_step_model(first_run, pipeline_overrides, flow_home, capsys):
+    """The same run under the built-in gate: the flow completes and returns its result, the refusal is recorded
+    in the registry, the summary says why, and the command line would exit 2."""
+    from flows.pipeline import exit_code, summary_markdown
+
+    p = params(pipeline_overrides(), model_name="radfm-refused")
+    result = radfm_pipeline(p)
+    stages = result["timings"]["stages"]
+    assert [stages[s]["state"] for s in ("train", "radbench")] == ["Cached", "Cached"]  # the first run's work
+    d = result["decision"]
+    assert d["refused"] is True and d["promoted"] is False and d["champion_version"] is None
+    assert "closed family" in d["reason"], d["reason"]
+    c = client(flow_home)
+    assert "champion" not in c.get_registered_model("radfm-refused").aliases
+    mv = c.get_model_version("radfm-refused", result["version"])
+    assert mv.tags["promotion.decision"] == "rejected" and mv.tags["promotion.reason"] == d["reason"]
+    assert any(k.startswith("radbench.family.") and k.endswith(".closed") for k in mv.tags)
+    text = summary_markdown(result)
+    assert "REFUSED by the promotion gate" in text and d["reason"] in text
+    capsys.readouterr()
+    assert exit_code(result) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("radfm pipeline: radfm-refused version 1 REFUSED")
+    assert exit_code(first_run[1]) == 0
 
 
 def test_retrain_skips_unchanged_data_and_trains_on_changed_data(first_run, pipeline_overrides, flow_home):
