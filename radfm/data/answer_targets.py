@@ -12,15 +12,13 @@ A name an image was never asked about is left out of its targets (masked, not a 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
+from radfm.data.families import normalise_answer, normalise_question
 from radfm.data.manifest import Sample
 
 ImageKey = tuple[tuple[str, str], ...]
 YES_NO = ("no", "yes")
-_SPACE = re.compile(r"\s+")
-_TRAIL = re.compile(r"[\s.!?;:,]+$")
 
 
 def image_key(sample: Sample) -> ImageKey:
@@ -28,24 +26,19 @@ def image_key(sample: Sample) -> ImageKey:
     return tuple((ref.path, ref.kind) for ref in sample.images)
 
 
-def normalise(text: str) -> str:
-    """Lower case, single spaces, no trailing punctuation: ``"Yes."`` and ``"yes"`` are one answer."""
-    return _TRAIL.sub("", _SPACE.sub(" ", text.strip().lower()))
-
-
 def family_of(sample: Sample) -> str:
     return str((sample.meta or {}).get("family") or sample.task)
 
 
 def _is_yes_no(sample: Sample) -> bool:
-    return tuple(sorted(normalise(c) for c in sample.choices or ())) == YES_NO
+    return tuple(sorted(normalise_answer(c) for c in sample.choices or ())) == YES_NO
 
 
 def _closed_targets(sample: Sample) -> dict[str, float]:
-    answer, family = normalise(sample.answer), family_of(sample)
+    answer, family = normalise_answer(sample.answer), family_of(sample)
     if _is_yes_no(sample):
-        return {f"{family}: {normalise(sample.question)}": float(answer == "yes")}
-    return {f"{family} = {normalise(c)}": float(normalise(c) == answer) for c in sample.choices or ()}
+        return {f"{family}: {normalise_question(sample.question)}": float(answer == "yes")}
+    return {f"{family} = {normalise_answer(c)}": float(normalise_answer(c) == answer) for c in sample.choices or ()}
 
 
 def _terms(text: str) -> set[str]:
