@@ -20,6 +20,7 @@ from radfm.data.errors import Quarantine, SampleError, check_on_error
 from radfm.data.labels import label_names
 from radfm.data.manifest import Sample, read_manifest, resolve_image_path
 from radfm.data.packing import PACK_LAYOUTS, PACKED_TASK, pack_samples
+from radfm.data.profile import with_profile
 from radfm.data.sampler import ModalityBatchSampler
 from radfm.data.transforms import TransformConfig, preprocess
 from radfm.data.turns import TurnAugment, interleave
@@ -271,7 +272,12 @@ class RadFMDataModule(L.LightningDataModule):
         assert len(kept) + len(self.quarantine) == self.n_rows
         self.splits = {name: [s for s in kept if s.split == name] for name in ("train", "val", "test")}
         # label_source=answers: each image's targets from the questions asked about it, per split.
-        self.targets = split_targets(self.splits) if self.cfg.label_source == "answers" else {}
+        # The targets read each row's family and choices as the data profile gives them, so a plain table's
+        # closed questions give class targets, not only report terms.
+        if self.cfg.label_source == "answers":
+            profiled = with_profile(kept, self.cfg.manifest)
+            self.targets = split_targets({name: [s for s in profiled if s.split == name]
+                                          for name in ("train", "val", "test")})
 
     def _dataset(self, samples: Sequence[Sample], train: bool, packs: Sequence[Sequence[int]] | None = None,
                  images_only: bool = False, split: str | None = None) -> RadFMDataset:

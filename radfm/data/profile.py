@@ -419,6 +419,15 @@ def apply_profile(samples: Sequence[Sample], profile: dict[str, Any] | None) -> 
     return out
 
 
+def with_profile(samples: Sequence[Sample], manifest: str | Path) -> list[Sample]:
+    """The rows of ``manifest`` with its question profile on them (:func:`apply_profile`): the profile written
+    beside the manifest, else computed here (an s3:// manifest's rows are returned as they are). What reads a
+    row's family or ``choices`` — RadBench, the promotion gate, the vision side's answer targets — reads these."""
+    if str(manifest).startswith("s3://"):
+        return list(samples)
+    return apply_profile(samples, load_profile(manifest) or profile_manifest(manifest))
+
+
 def summary(profile: dict[str, Any]) -> str:
     """``3 families: 1 closed, 1 yes/no, 1 open; 2 messages``."""
     fams = profile.get("families", [])

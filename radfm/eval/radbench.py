@@ -17,6 +17,7 @@ import numpy as np
 
 from radfm.data.datamodule import RadFMDataset
 from radfm.data.manifest import Sample, read_manifest
+from radfm.data.profile import with_profile
 from radfm.data.transforms import TransformConfig, checkpoint_transform
 from radfm.eval import metrics as M
 from radfm.eval.baselines import blind_answer, family, fit_blind
@@ -142,19 +143,6 @@ def summarise(samples: Sequence[Sample], systems: dict[str, Sequence[Prediction]
                 entry["closed"] = all(samples[i].choices for i in idx)
             result[level][key] = entry
     return result
-
-
-def with_profile(samples: list[Sample], manifest: str | Path) -> list[Sample]:
-    """The rows with their question profile on them (:func:`radfm.data.profile.apply_profile`: the family name,
-    and ``choices`` for a closed or yes/no family), so a user's closed questions are ranked by likelihood (AUC
-    for yes/no), fitted a blind answer per family and held to the baselines as closed by the promotion gate.
-    The profile written beside the manifest, else computed here; rows that already have choices are unchanged
-    (MedMD-synth's rows are all left as they are)."""
-    from radfm.data.profile import apply_profile, load_profile, profile_manifest
-
-    if str(manifest).startswith("s3://"):
-        return samples
-    return apply_profile(samples, load_profile(manifest) or profile_manifest(manifest))
 
 
 def evaluate(model: Any, tokenizer: Any, cfg: EvalConfig, out_dir: str | Path, cache: Any = None) -> dict[str, Any]:

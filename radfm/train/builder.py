@@ -21,6 +21,7 @@ from radfm.data.datamodule import RadFMDataModule
 from radfm.data.errors import Quarantine
 from radfm.data.labels import label_names
 from radfm.data.manifest import read_manifest
+from radfm.data.profile import with_profile
 from radfm.model.config import RadFMConfig
 from radfm.model.tokenizer import RadFMTokenizer
 from radfm.train.module import RadFMLitModule
@@ -67,7 +68,7 @@ def train_label_names(manifest: str | Path, source: str = "labels") -> list[str]
     """The sorted label vocabulary of the manifest's training rows (:func:`radfm.data.labels.label_names`)."""
     samples = read_manifest(manifest, on_error="quarantine", quarantine=Quarantine())
     if source == "answers":
-        return target_names(answer_targets([s for s in samples if s.split == "train"]))
+        return target_names(answer_targets([s for s in with_profile(samples, manifest) if s.split == "train"]))
     return sorted({name for s in samples if s.split == "train" for name in (label_names(s, source) or ())})
 
 

@@ -68,3 +68,17 @@ def test_partial_targets_are_masked_in_the_loss():
     plain = masked_bce(logits, [t1.unsqueeze(0), t1.unsqueeze(0)], [None, None])
     assert torch.equal(plain, F.binary_cross_entropy_with_logits(logits, torch.stack([t1, t1])))
 
+
+
+def test_a_plain_tables_closed_questions_give_class_targets_through_its_profile():
+    """Rows without choices (a user's table) are read through the data profile: a question family with a small
+    answer vocabulary gives each image a class target, not nothing."""
+    from radfm.data.profile import apply_profile, build_profile
+
+    answers = ["CT", "MRI", "X-ray"]
+    rows = [_row(f"r{i}", f"{i}.png", "What is the modality?", answers[i % 3]) for i in range(12)]
+    assert not any(k.startswith("vqa = ") for t in answer_targets(rows).values() for k in t)  # no choices: none
+    profiled = apply_profile(rows, build_profile(rows))
+    targets = answer_targets(profiled)[image_key(rows[1])]
+    family = profiled[1].meta["family"]
+    assert targets == {f"{family} = ct": 0.0, f"{family} = mri": 1.0, f"{family} = x-ray": 0.0}

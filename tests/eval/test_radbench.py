@@ -9,11 +9,12 @@ from collections import Counter
 import pytest
 
 from radfm.data.manifest import read_manifest
+from radfm.data.profile import with_profile
 from radfm.data.synth import SynthConfig, generate
 from radfm.data.transforms import TransformConfig
 from radfm.eval.baselines import family
 from radfm.eval.predict import Prediction
-from radfm.eval.radbench import EvalConfig, blind_answers, evaluate, flat_metrics, summarise, with_profile
+from radfm.eval.radbench import EvalConfig, blind_answers, evaluate, flat_metrics, summarise
 from radfm.model import factory
 from tests.eval.test_baselines import DX_Q, mixed_task
 
