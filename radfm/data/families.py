@@ -7,15 +7,29 @@ A row's family is its explicit ``meta["family"]`` when it has one; otherwise its
 
 Template clustering (deterministic, greedy complete linkage): question groups are taken largest first (training
 rows, then all rows; ties: the shorter, then the alphabetically first text), and a family is named after its
-first group; a group joins the first family all of whose groups it resembles, else it
-starts a family. Two groups resemble each other when
-  * their content words (the normalised question without :data:`STOPWORDS`: function words, phrasing verbs
-    such as *show*/*present*/*visible*, and image words such as *image*, *scan*, *x ray*, *ct*) overlap:
-    overlap coefficient ≥ ``question_overlap`` (one set nearly inside the other) and Jaccard ≥
-    ``question_jaccard`` (not one word among many); a question with no content word merges with nothing;
-  * and their training answers agree: both free text (median answer longer than ``free_text_words`` words),
-    or both short with answer sets overlapping (overlap coefficient ≥ ``answer_overlap``); a group without
-    training rows is judged on its question alone (test answers never decide a family).
+first group; a group joins the first family all of whose groups it resembles, else it starts a family.
+
+A table's questions are often made from templates ("would you report a * in this image", "is this image
+positive for a *"); the words that fill a template's slot across questions are the table's *topics*
+(:func:`template_slots`: questions that differ only in one span of at most :data:`MAX_SLOT` words, around at
+least two shared words, fill one template's slot; "a"/"an"/"the" do not count). A question's topic is its
+content words that fill some slot; two questions *conflict* when they fill one slot with different words ("…
+the cyst …" / "… the mass …"; "the size of …" / "the location of …"). Two groups resemble each other when their
+answers agree (below), they do not conflict, and
+  (a) their content words (the normalised question without :data:`STOPWORDS`: function words, phrasing verbs
+      such as *show*/*present*/*visible*, and image words such as *image*, *scan*, *x ray*, *ct*) overlap:
+      overlap coefficient ≥ ``question_overlap`` (one set nearly inside the other) and Jaccard ≥
+      ``question_jaccard`` (not one word among many); a question with no content word merges by (a) with
+      nothing; or
+  (b) they have the same topic: "would you report a mass in this image" and "does the patient have a mass"
+      (different templates, one subject), but never "… a mass …" and "… a cyst …" (they conflict), nor "is
+      there pneumonia" and "is there pneumonia in the left lung" (a narrower question: another topic); or
+  (c) both are short-answer, not yes/no, each with at least two training answers, and their answer sets
+      coincide (Jaccard ≥ ``answer_jaccard``): "what kind of scan is this" and "name the imaging modality" (CT, MRI, X-ray) — the answers say they
+      ask one thing; "how big is the cyst" and "how big is the mass" stay apart.
+Answers agree when both are free text (median answer longer than ``free_text_words`` words), or both short with
+answer sets overlapping (overlap coefficient ≥ ``answer_overlap``); a group without training rows is judged on
+its question alone, by (a) (test answers never decide a family).
 So "Is there pneumonia?" and "Is pneumonia present in this X-ray?" (yes/no) are one family, "Is there
 effusion?" another, and "What is the modality?" stays apart from both.
 """
@@ -50,6 +64,8 @@ most likely probable probably possible possibly
 STOPWORDS = frozenset(_STOP_TEXT.split())
 
 _TRAILING = ".,;:!?\"'` \t\r\n"
+ARTICLES = frozenset({"a", "an", "the"})
+MAX_SLOT = 2  # words a template's slot may hold ("pleural effusion"); longer differences are other questions
 
 
 def normalise_question(text: str) -> str:
@@ -134,19 +150,62 @@ class _Group:
         self.words = content_words(key)
         self.train = Counter(r.answer for r in rows if r.split == "train")
         self.free = free_text(self.train, cfg.free_text_words)
+        n = sum(self.train.values())
+        self.yesno = n > 0 and sum(c for a, c in self.train.items() if a in YES_NO) >= cfg.min_coverage * n
+        self.topic: frozenset[str] = frozenset()
+        self.slots: dict[int, frozenset[str]] = {}  # template slot → the words of this question that fill it
+
+    def short_vocab(self) -> bool:
+        """Rule (c) applies: short answers, not yes/no, at least two of them."""
+        return not self.free and not self.yesno and len(self.train) >= 2
 
     def sort_key(self) -> tuple[int, int, int, str]:
         return -sum(self.train.values()), -len(self.rows), len(self.key), self.key
 
-    def resembles(self, other: _Group, cfg: Any) -> bool:
-        coef, jac = _overlap(self.words, other.words)
-        if coef < cfg.question_overlap or jac < cfg.question_jaccard:
-            return False
+    def answers_agree(self, other: _Group, cfg: Any) -> bool:
         if not self.train or not other.train:
             return True
         if self.free or other.free:
             return self.free and other.free
         return _overlap(set(self.train), set(other.train))[0] >= cfg.answer_overlap
+
+    def resembles(self, other: _Group, cfg: Any) -> bool:
+        """Rules (a), (b), (c) of the module's docstring."""
+        if not self.answers_agree(other, cfg):
+            return False
+        coef, jac = _overlap(self.words, other.words)
+        if coef >= cfg.question_overlap and jac >= cfg.question_jaccard:
+            return True
+        if self.conflicts(other) or not (self.train and other.train):
+            return False  # (b) and (c) stand on answers: a question never answered in training needs (a)
+        if self.topic and self.topic == other.topic:
+            return True
+        return (self.short_vocab() and other.short_vocab()
+                and _overlap(set(self.train), set(other.train))[1] >= cfg.answer_jaccard)
+
+    def conflicts(self, other: _Group) -> bool:
+        """Both fill one template slot, with different words: "… the cyst …" and "… the mass …"."""
+        return any(not (words & other.slots[i]) for i, words in self.slots.items() if i in other.slots)
+
+
+def template_slots(question_keys: list[str]) -> list[frozenset[str]]:
+    """The content words that fill each template's slot, one set per slot (deduplicated, sorted): the span (≤
+    :data:`MAX_SLOT` words) where questions that share everything else (≥ 2 words, articles aside) differ.
+    ``["would you report a mass in this image", "would you report a cyst in this image"]`` → ``[{"cyst",
+    "mass"}]``."""
+    fills: dict[tuple[tuple[str, ...], tuple[str, ...]], set[tuple[str, ...]]] = {}
+    for key in question_keys:
+        toks = tuple(w for w in key.split() if w not in ARTICLES)
+        for i in range(len(toks)):
+            for j in range(i + 1, min(len(toks), i + MAX_SLOT) + 1):
+                if len(toks) - (j - i) >= 2:
+                    fills.setdefault((toks[:i], toks[j:]), set()).add(toks[i:j])
+    slots = set()
+    for spans in fills.values():
+        if len(spans) > 1:  # words every span holds are the template's ("have" in "have a cyst / have a mass")
+            shared = set.intersection(*(set(span) for span in spans))
+            slots.add(frozenset(w for span in spans for w in span if w not in STOPWORDS and w not in shared))
+    return sorted((s for s in slots if len(s) > 1), key=lambda s: sorted(s))
 
 
 def group_rows(rows: list[Row], cfg: Any) -> list[Family]:
@@ -174,10 +233,19 @@ def group_rows(rows: list[Row], cfg: Any) -> list[Family]:
         else:
             by_question.setdefault(r.question, []).append(r)
 
+    groups = sorted((_Group(k, v, cfg) for k, v in by_question.items()), key=_Group.sort_key)
+    slots = template_slots([g.key for g in groups])
+    for g in groups:
+        g.slots = {i: g.words & slot for i, slot in enumerate(slots) if g.words & slot}
+        g.topic = frozenset().union(*g.slots.values())
     clusters: list[list[_Group]] = []
-    by_word: dict[str, set[int]] = {}  # content word → clusters holding it (resembling needs a shared word)
-    for group in sorted((_Group(k, v, cfg) for k, v in by_question.items()), key=_Group.sort_key):
-        candidates = sorted(set().union(*(by_word.get(w, set()) for w in group.words)))
+    # Candidates: clusters sharing a content word (rules a, b) or a short answer (rule c); resembling needs one.
+    by_word: dict[str, set[int]] = {}
+    by_answer: dict[str, set[int]] = {}
+    for group in groups:
+        answers = set(group.train) if group.short_vocab() else set()
+        candidates = sorted(set().union(*(by_word.get(w, set()) for w in group.words),
+                                        *(by_answer.get(a, set()) for a in answers)))
         home = next((i for i in candidates if all(group.resembles(m, cfg) for m in clusters[i])), None)
         if home is None:
             home = len(clusters)
@@ -186,6 +254,8 @@ def group_rows(rows: list[Row], cfg: Any) -> list[Family]:
             clusters[home].append(group)
         for w in group.words:
             by_word.setdefault(w, set()).add(home)
+        for a in answers:
+            by_answer.setdefault(a, set()).add(home)
     for cluster in clusters:
         name = cluster[0].key
         while name in families:  # a question that reads like an explicit family's name

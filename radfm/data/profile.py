@@ -61,7 +61,7 @@ from radfm.data.manifest import SPLITS, Sample, _validate_row, read_records
 
 log = logging.getLogger(__name__)
 
-PROFILE_VERSION = 1
+PROFILE_VERSION = 2  # 2: template topics and answer vocabularies merge phrasings
 KINDS = ("closed", "yesno", "open")
 OVERRIDE_SUFFIXES = (".profile.override.yaml", ".profile.override.yml", ".profile.override.json")
 MAX_PHRASINGS = 20  # shown per family; the full membership is in "members"
@@ -77,8 +77,10 @@ class ProfileConfig:
     family stays closed unless most of its val/test answers never occur in training. ``question_overlap`` 0.8
     and ``question_jaccard`` 0.5 merge phrasings whose content words nearly coincide ("is there pneumonia" /
     "is pneumonia present in this x ray") but not questions about different things ("left lung" / "right
-    lung"); ``answer_overlap`` 0.5: merged phrasings must share their answers; ``free_text_words`` 5: a median
-    answer longer than that is free text."""
+    lung"); ``answer_overlap`` 0.5: merged phrasings must share their answers; ``answer_jaccard`` 0.5: short
+    answer sets that coincide this much merge phrasings with no common word ("what kind of scan is this" / "name
+    the imaging modality"); ``free_text_words`` 5: a median answer longer than that is free text (see
+    :mod:`radfm.data.families`)."""
 
     max_choices: int = 20
     min_count: int = 3
@@ -87,6 +89,7 @@ class ProfileConfig:
     question_overlap: float = 0.8
     question_jaccard: float = 0.5
     answer_overlap: float = 0.5
+    answer_jaccard: float = 0.5
     free_text_words: int = 5
 
     @classmethod

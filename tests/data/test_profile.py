@@ -303,3 +303,44 @@ def test_find_manifest_under_a_data_root(tmp_path):
         find_manifest(root)
     (root / "manifest.jsonl").write_text("")
     assert find_manifest(root) == root / "manifest.jsonl"
+
+
+def test_templated_phrasings_merge_by_topic_and_by_answers_but_subjects_stay_apart(tmp_path):
+    """A table made from templates: two yes/no templates over three findings, three modality phrasings with no
+    word in common, size questions per finding. Templates of one finding merge (same topic), findings stay apart
+    (they fill one slot with different words), modality merges on its answers, and a question never answered in
+    training joins nothing on answers alone."""
+    yn = ["yes", "no"] * 3
+    rows: list[dict[str, str]] = []
+    for finding in ("cyst", "mass", "nodule"):
+        rows += rows_of(f"Would you report a {finding} in this image?", yn)
+        rows += rows_of(f"Is this image positive for a {finding}?", yn)
+        rows += rows_of(f"How big is the {finding}?", ["small", "large", "medium"] * 3)
+    rows += rows_of("In which region is the nodule?", ["left", "right"], "test")
+    rows += rows_of("What is the modality of this medical image?", ["CT", "MRI", "X-ray"] * 3)
+    rows += rows_of("Tell me the kind of scan", ["CT", "MRI", "X-ray"] * 2)
+    rows += rows_of("Which technique produced this picture?", ["MRI", "CT", "X-ray", "CT"])
+    rows += rows_of("Which plane is shown?", ["axial", "coronal", "sagittal"] * 3)
+    _, profile = ingest(tmp_path, rows)
+    by_name = {f["name"]: f for f in profile["families"]}
+    for finding in ("cyst", "mass", "nodule"):
+        yes_no = by_name[f"is this image positive for a {finding}"]  # named after its shorter phrasing
+        assert yes_no["kind"] == "yesno" and yes_no["from"] == "merged"
+        assert set(yes_no["phrasings"]) == {f"would you report a {finding} in this image",
+                                            f"is this image positive for a {finding}"}
+        assert by_name[f"how big is the {finding}"]["kind"] == "closed"
+        assert by_name[f"how big is the {finding}"]["n_phrasings"] == 1
+    mod = by_name["what is the modality of this medical image"]
+    assert mod["kind"] == "closed" and mod["n_phrasings"] == 3 and mod["choices"] == ["CT", "MRI", "X-ray"]
+    assert by_name["which plane is shown"]["n_phrasings"] == 1
+    assert by_name["in which region is the nodule"]["rows"] == {"train": 0, "val": 0, "test": 2}
+    assert len(by_name) == 3 * 2 + 1 + 1 + 1
+
+
+def test_template_slots_are_the_words_that_differ():
+    from radfm.data.families import template_slots
+
+    slots = template_slots(["would you report a mass in this image", "would you report a cyst in this image",
+                            "does the patient have a mass", "does the patient have an effusion",
+                            "what is the modality"])
+    assert slots == [frozenset({"cyst", "mass"}), frozenset({"effusion", "mass"})]
