@@ -3,7 +3,8 @@
 No labels column is needed. Every row about an image adds to that image's targets:
 - a closed question (its row has ``choices``, other than yes/no): one class out of the family's choices, as
   ``"<family> = <choice>"`` names, 1 for the answer and 0 for the other choices;
-- a yes/no question: a per-question binary target, ``"<family>: <question>"``, 1 for yes and 0 for no;
+- a yes/no question: a per-question binary target, ``"<family>: <question>"``, 1 for yes and 0 for no (the
+  phrasings the profile grouped into one family are one question: ``"<family>: <family>"``);
 - an open (report-like) answer: the clinical terms it names without negation (``radfm.eval.findings``), as
   ``"finding: <term>"``, over every term the training reports name: 0 where the image's reports do not name it.
 A name an image was never asked about is left out of its targets (masked, not a negative). The family is
@@ -37,7 +38,10 @@ def _is_yes_no(sample: Sample) -> bool:
 def _closed_targets(sample: Sample) -> dict[str, float]:
     answer, family = normalise_answer(sample.answer), family_of(sample)
     if _is_yes_no(sample):
-        return {f"{family}: {normalise_question(sample.question)}": float(answer == "yes")}
+        # One target per question: the profile's family when it grouped the phrasings of one question ("is
+        # there a cyst" / "would you report a cyst"), else the question (a family column may hold many).
+        asks = family if (sample.meta or {}).get("family_by") == "question" else normalise_question(sample.question)
+        return {f"{family}: {asks}": float(answer == "yes")}
     return {f"{family} = {normalise_answer(c)}": float(normalise_answer(c) == answer) for c in sample.choices or ()}
 
 

@@ -390,7 +390,8 @@ def apply_profile(samples: Sequence[Sample], profile: dict[str, Any] | None) -> 
     """``samples`` with the profile put on them (a new list; the input is not modified, no row is dropped).
 
     A row that already has ``choices`` is returned unchanged. Any other row of a known family gets
-    ``meta["family"]`` (the profile's name); in a closed or yes/no family, a row whose normalised answer is
+    ``meta["family"]`` (the profile's name; and ``meta["family_by"] = "question"`` when the family is the
+    profile's group of phrasings, not the table's own family column: its rows ask one question); in a closed or yes/no family, a row whose normalised answer is
     among the choices also gets ``choices``, and its answer in the choice's written form (the answer as it was
     written kept in ``meta["answer_as_written"]`` when it differed, e.g. ``"YES."`` → ``"yes"``). A row whose
     answer is not among the choices (unseen in training) keeps no choices."""
@@ -411,6 +412,8 @@ def apply_profile(samples: Sequence[Sample], profile: dict[str, Any] | None) -> 
             continue
         record = s.model_dump()
         record["meta"] = {**(record["meta"] or {}), "family": fam["name"]}
+        if not explicit:  # a family of phrasings (not a table's own family column): its rows ask one question
+            record["meta"]["family_by"] = "question"
         if fam["kind"] in ("closed", "yesno") and fam.get("choices"):
             choice = {normalise_answer(c): c for c in fam["choices"]}.get(normalise_answer(s.answer))
             if choice is not None:

@@ -82,3 +82,21 @@ def test_a_plain_tables_closed_questions_give_class_targets_through_its_profile(
     targets = answer_targets(profiled)[image_key(rows[1])]
     family = profiled[1].meta["family"]
     assert targets == {f"{family} = ct": 0.0, f"{family} = mri": 1.0, f"{family} = x-ray": 0.0}
+
+
+def test_phrasings_of_one_yes_no_question_share_one_target_but_a_family_column_keeps_its_questions():
+    from radfm.data.profile import apply_profile, build_profile
+
+    yn = ["yes", "no", "yes"]
+    rows = ([_row(f"p{i}", f"p{i}.png", "Would you report a cyst in this image?", a) for i, a in enumerate(yn)]
+            + [_row(f"q{i}", f"q{i}.png", "Is this image positive for a cyst?", a) for i, a in enumerate(yn)]
+            + [_row(f"r{i}", f"r{i}.png", "Would you report a mass in this image?", a) for i, a in enumerate(yn)])
+    profiled = apply_profile(rows, build_profile(rows))
+    names = target_names(answer_targets(profiled))
+    assert len(names) == 2 and all(n.split(": ", 1)[0] == n.split(": ", 1)[1] for n in names)
+    explicit = [_row(f"e{i}", f"e{i}.png", q, "yes", family="lesion")
+                for i, q in enumerate(["Is there a cyst?", "Is there a mass?", "Is there a cyst?", "Is there a mass?",
+                                       "Is there a cyst?", "Is there a mass?"])]
+    explicit += [_row("e9", "e9.png", "Is there a mass?", "no", family="lesion")] * 3
+    assert target_names(answer_targets(apply_profile(explicit, build_profile(explicit)))) == [
+        "lesion: is there a cyst", "lesion: is there a mass"]

@@ -159,6 +159,9 @@ def test_patch_labels():
     names = ["count 1", "cyst", "cyst left", "cyst left upper", "cyst small", "mass", "modality CT", "plane axial"]
     assert patch_label_indices(names) == [1, 2, 3, 4, 5]
     assert patch_label_indices(names, "types") == [1, 5]
+    answers = ["finding: nodule", "lesion: is there a cyst", "modality = ct", "modality = x-ray"]
+    assert patch_label_indices(answers, "binary") == [0, 1]  # presence targets, not whole-image classes
+    assert patch_label_indices(answers, "auto") == [0, 1] and patch_label_indices(names, "auto") == [1, 2, 3, 4, 5]
     with pytest.raises(ValueError, match="labels must be one of"):
         patch_label_indices(names, "all")
     with pytest.raises(ValueError, match="labels must be one of"):

@@ -105,7 +105,7 @@ def test_warm_up_refuses_what_it_cannot_do(tiny_tokenizer):
         warm_up_vision(head, [], steps=2, lr=1e-3)
     unlabelled = _batches(tiny_tokenizer, 1)
     unlabelled[0]["label_names"] = [None, None]
-    with pytest.raises(ValueError, match="carries labels"):
+    with pytest.raises(ValueError, match="no row carries label_names"):
         warm_up_vision(head, unlabelled, steps=2, lr=1e-3)
     with pytest.raises(ValueError, match="ramp = -1"):
         warm_up_vision(head, _batches(tiny_tokenizer, 1), steps=2, lr=1e-3, ramp=-1)
@@ -278,3 +278,25 @@ def test_a_resumed_fit_skips_the_warm_up(make_cfg, monkeypatch):
     _, _, resumed, warm_ups = _warm_then_resume(make_cfg, monkeypatch)
     assert resumed["global_step"] == 4
     assert warm_ups == 0
+
+
+def test_an_epoch_budget_grows_with_the_data_within_its_bounds():
+    assert VisionWarmup(steps=500).budget(range(40)) == 500  # no epochs: the fixed count
+    cb = VisionWarmup(steps=500, epochs=5, min_steps=60)
+    assert cb.budget(range(40)) == 200  # 5 passes over 40 batches
+    assert cb.budget(range(7)) == 60  # a small table: at least min_steps
+    assert cb.budget(range(400)) == 500  # a large one: at most steps
+    assert VisionWarmup(steps=100, epochs=1.5).budget(range(9)) == 14  # ⌈1.5 × 9⌉
+    assert cb.budget(iter([])) == 500  # no length: the fixed count
+    with pytest.raises(ValueError, match="epochs"):
+        VisionWarmup(steps=10, epochs=0)
+
+
+def test_the_warm_up_feeds_a_text_reading_objective_whole_batches(make_cfg):
+    """contrastive pairs images with their answers: the warm-up stage gives it batches with their text (the
+    image-only batches would give it nothing), so a run with it alone as the image-only objective warms up."""
+    from radfm.train.train import train
+
+    metrics = train(make_cfg("objective=[answer,contrastive]", *WARMUP, "callbacks.vision_warmup.steps=3",
+                             "logger=none"))
+    assert metrics["warmup/steps"] == 3.0 and metrics["warmup/first_loss"] > 0

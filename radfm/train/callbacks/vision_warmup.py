@@ -9,6 +9,7 @@ will ask, at a fraction of a joint step's cost; the joint fit then mostly has to
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterable
 from contextlib import nullcontext
@@ -110,7 +111,7 @@ def warm_up_vision(module: Any, batches: Iterable[dict[str, Any]], steps: int, l
     objectives = vision_objectives(module)
     if not objectives:
         raise ValueError("the vision warm-up needs an objective that trains through the images alone "
-                         "(e.g. objective=[answer,label_head])")
+                         "(e.g. objective=[answer,label_head] or [answer,contrastive])")
     opt, params = _optimizer(module, objectives, lr, head_lr, encoder_lr, weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: warm_up_factor(i, steps, ramp))
     device = params[0].device.type
@@ -140,7 +141,8 @@ def warm_up_vision(module: Any, batches: Iterable[dict[str, Any]], steps: int, l
         if seen == 0:
             raise ValueError("vision warm-up: the training loader yielded no batch")
         if done == 0:
-            raise ValueError("vision warm-up: no training row carries labels for the heads (label_names)")
+            raise ValueError("vision warm-up: no training batch gave the image-only objectives anything to learn "
+                             "(no row carries label_names for label_head, nor answer text for contrastive)")
         epoch += 1
     opt.zero_grad(set_to_none=True)
     module.train(was_training)
@@ -156,10 +158,15 @@ class VisionWarmup(L.Callback):
     """
 
     def __init__(self, steps: int = 0, lr: float = 1e-3, head_lr: float | None = None,
-                 encoder_lr: float | None = None, ramp: int = 0, weight_decay: float = 0.01) -> None:
-        if steps < 0 or ramp < 0:
-            raise ValueError(f"vision warm-up steps = {steps} and ramp = {ramp} must be >= 0")
+                 encoder_lr: float | None = None, ramp: int = 0, weight_decay: float = 0.01,
+                 epochs: float | None = None, min_steps: int = 0) -> None:
+        if steps < 0 or ramp < 0 or min_steps < 0:
+            raise ValueError(f"vision warm-up steps = {steps}, min_steps = {min_steps} and ramp = {ramp} must be "
+                             ">= 0")
+        if epochs is not None and float(epochs) <= 0:
+            raise ValueError(f"vision warm-up epochs = {epochs} must be > 0 (or null: a fixed number of steps)")
         self.steps, self.lr, self.head_lr, self.encoder_lr = int(steps), float(lr), head_lr, encoder_lr
+        self.epochs, self.min_steps = (None if epochs is None else float(epochs)), int(min_steps)
         self.ramp, self.weight_decay = int(ramp), float(weight_decay)
         self.stats: dict[str, float] = {}
         self.done = False
@@ -168,13 +175,17 @@ class VisionWarmup(L.Callback):
         """Refuse, before a run starts, a module that gives the warm-up nothing to train."""
         if self.steps > 0 and not vision_objectives(module):
             raise ValueError("callbacks.vision_warmup.steps > 0 needs an objective that trains through the images "
-                             "alone: add label_head (objective=[answer,label_head]) or set the steps to 0")
+                             "alone: add label_head or contrastive (objective=[answer,label_head]) or set the steps "
+                             "to 0")
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit" or self.steps <= 0 or self.done or trainer.ckpt_path is not None:
             return
-        steps = 1 if trainer.fast_dev_run else self.steps
-        stats = warm_up_vision(pl_module, trainer.datamodule.warmup_dataloader(), steps, self.lr,
+        # Image-only batches skip the text; an objective that pairs images with their answers needs it.
+        text = any(o.reads_text for o in vision_objectives(pl_module))
+        batches = trainer.datamodule.train_dataloader() if text else trainer.datamodule.warmup_dataloader()
+        steps = 1 if trainer.fast_dev_run else self.budget(batches)
+        stats = warm_up_vision(pl_module, batches, steps, self.lr,
                                weight_decay=self.weight_decay,
                                head_lr=float(self.head_lr) if self.head_lr else None, ramp=self.ramp,
                                encoder_lr=float(self.encoder_lr) if self.encoder_lr else None,
@@ -183,6 +194,21 @@ class VisionWarmup(L.Callback):
                  stats["first_loss"], stats["last_loss"])
         self.stats = {f"warmup/{k}": v for k, v in stats.items()}
         self.done = True
+
+    def budget(self, batches: Any) -> int:
+        """The steps to run: ``steps``, or with ``epochs`` set, ``epochs`` passes over the training batches,
+        at least ``min_steps`` and at most ``steps`` (a budget that grows with the data, within a cap)."""
+        if self.epochs is None:
+            return self.steps
+        try:
+            per_pass = len(batches)
+        except TypeError:  # an iterable without a length: the fixed count
+            return self.steps
+        by_data = max(self.min_steps, math.ceil(self.epochs * per_pass))
+        steps = min(self.steps, by_data)
+        log.info("vision warm-up: %.3g passes over %d batches -> %d steps (min %d, max %d)", self.epochs, per_pass,
+                 steps, self.min_steps, self.steps)
+        return steps
 
     def state_dict(self) -> dict[str, Any]:
         return {"done": self.done, "stats": dict(self.stats)}

@@ -58,7 +58,8 @@ class Objective(nn.Module):
 
     ``reads_answers``: needs the LM's answer tokens (the step runs the LM); ``reads_patches``: needs the ViT's
     patch tokens; ``vision_only``: trains through the images alone, so the vision warm-up can run it;
-    ``needs_label_names``: :meth:`bind` needs the training rows' label vocabulary. ``metric`` is logged as
+    ``needs_label_names``: :meth:`bind` needs the training rows' label vocabulary; ``reads_text``: its loss
+    reads the batch's token ids and labels without running the LM (the warm-up then feeds it whole batches). ``metric`` is logged as
     ``<stage>/<metric>``. Parameters an objective owns are training-only: never part of the exported model.
     """
 
@@ -68,6 +69,7 @@ class Objective(nn.Module):
     reads_patches = False
     vision_only = False
     needs_label_names = False
+    reads_text = False
 
     def __init__(self, weight: float) -> None:
         super().__init__()

@@ -16,7 +16,7 @@ from torch import nn
 
 from radfm.train.objectives.base import Objective, ObjectiveContext, StepEncoding, label_targets, masked_bce
 
-PATCH_LABELS = ("types", "findings")
+PATCH_LABELS = ("auto", "types", "findings", "binary")
 
 
 def patch_label_indices(names: Sequence[str], which: str = "findings") -> list[int]:
@@ -26,10 +26,20 @@ def patch_label_indices(names: Sequence[str], which: str = "findings") -> list[i
     that qualifies one of them (``"cyst left"``, ``"cyst left upper"``, ``"cyst small"``): where and how big a
     lesion is can be read off the patch that holds it (its token carries its position), so a max over
     patches can say it; ``"modality CT"``, ``"plane axial"``, ``"count 2"`` are about the whole image and
-    stay with the label head alone.
+    stay with the label head alone. ``binary``: for ``data.label_source=answers`` (names from a table's own
+    answers, :mod:`radfm.data.answer_targets`): every presence target — the finding terms of its reports
+    (``"finding: nodule"``) and its yes/no questions (``"<family>: <question>"``) — but not the classes of
+    closed questions (``"<family> = <choice>"``: modality, plane, counts are about the whole image).
+    ``auto``: ``binary`` when the names come from answers (any ``"finding: "`` or ``" = "`` name), else
+    ``findings``.
     """
     if which not in PATCH_LABELS:
         raise ValueError(f"labels must be one of {PATCH_LABELS}, got {which!r}")
+    if which == "auto":
+        answers = any(n.startswith("finding: ") or " = " in n for n in names)
+        which = "binary" if answers else "findings"
+    if which == "binary":
+        return [j for j, n in enumerate(names) if " = " not in n]
     types = {n for n in names if " " not in n}
     if which == "types":
         return [j for j, n in enumerate(names) if n in types]
@@ -58,7 +68,7 @@ class PatchHead(Objective):
     reads_patches = True
     needs_label_names = True
 
-    def __init__(self, weight: float = 1.0, labels: str = "findings") -> None:
+    def __init__(self, weight: float = 1.0, labels: str = "auto") -> None:
         super().__init__(weight)
         if labels not in PATCH_LABELS:
             raise ValueError(f"labels must be one of {PATCH_LABELS}, got {labels!r}")
@@ -71,8 +81,9 @@ class PatchHead(Objective):
         self.names = list(ctx.label_names or [])
         self.columns = patch_label_indices(self.names, self.labels)
         if not self.columns:
-            raise ValueError("the patch head has no label name without a qualifier (a finding type such as "
-                             f"'cyst') to learn among the training rows' label names: {self.names[:5]}")
+            raise ValueError(f"the patch head (labels={self.labels}) finds nothing a patch can show among the "
+                             f"training rows' label names (a finding type such as 'cyst', or with "
+                             f"data.label_source=answers a yes/no question or report term): {self.names[:5]}")
         self.head = nn.Linear(ctx.model_cfg.vision.width, len(self.columns))
 
     def options(self) -> dict[str, Any]:
