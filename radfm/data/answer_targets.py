@@ -7,6 +7,8 @@ No labels column is needed. Every row about an image adds to that image's target
   phrasings the profile grouped into one family are one question: ``"<family>: <family>"``);
 - an open (report-like) answer: the clinical terms it names without negation (``radfm.eval.findings``), as
   ``"finding: <term>"``, over every term the training reports name: 0 where the image's reports do not name it.
+- a hand-written ``labels`` list, when a row has one (added, never required): ``"label: <name>"``, 1 for each
+  name listed and 0 for every other name the training rows list (a labels list is exhaustive).
 A name an image was never asked about is left out of its targets (masked, not a negative). The family is
 ``meta["family"]`` (the data profile sets it, radfm.data.profile), else the row's task.
 """
@@ -51,19 +53,24 @@ def _terms(text: str) -> set[str]:
     return positive_findings(text)
 
 
-def answer_targets(samples: Sequence[Sample], terms: Sequence[str] | None = None) -> dict[ImageKey, dict[str, float]]:
+def answer_targets(samples: Sequence[Sample], terms: Sequence[str] | None = None,
+                   labels: Sequence[str] | None = None) -> dict[ImageKey, dict[str, float]]:
     """``{image key: {name: 0/1}}`` from ``samples`` (one split's rows); rows without images add nothing.
 
     ``terms``: the finding terms open answers are scored over (default: every term the given rows' open answers
-    name); pass the training split's to score other splits over the same names.
+    name); ``labels``: the hand-label vocabulary (default: every name the given rows' ``labels`` list); pass
+    the training split's to score other splits over the same names.
     """
     found: dict[ImageKey, set[str]] = {}
+    listed: dict[ImageKey, set[str]] = {}
     out: dict[ImageKey, dict[str, float]] = {}
     for s in samples:
         if not s.images:
             continue
         key = image_key(s)
         targets = out.setdefault(key, {})
+        if s.labels is not None:
+            listed.setdefault(key, set()).update(str(n) for n in s.labels)
         if s.choices:
             targets.update(_closed_targets(s))
         else:
@@ -71,14 +78,21 @@ def answer_targets(samples: Sequence[Sample], terms: Sequence[str] | None = None
     vocabulary = sorted(set().union(*found.values()) if terms is None and found else terms or ())
     for key, named in found.items():
         out[key].update({f"finding: {t}": float(t in named) for t in vocabulary})
+    hand = sorted(set().union(*listed.values()) if labels is None and listed else labels or ())
+    for key, names in listed.items():
+        out[key].update({f"label: {n}": float(n in names) for n in hand})
     return out
 
 
 def split_targets(splits: dict[str, Sequence[Sample]]) -> dict[str, dict[ImageKey, dict[str, float]]]:
-    """:func:`answer_targets` per split, every split's open answers scored over the training reports' terms."""
+    """:func:`answer_targets` per split, every split's open answers and hand labels scored over the training
+    split's terms and label names."""
     train = answer_targets(splits.get("train", ()))
-    terms = sorted({name.split(": ", 1)[1] for name in target_names(train) if name.startswith("finding: ")})
-    return {split: train if split == "train" else answer_targets(rows, terms) for split, rows in splits.items()}
+    names = target_names(train)
+    terms = sorted({name.split(": ", 1)[1] for name in names if name.startswith("finding: ")})
+    labels = sorted({name.split(": ", 1)[1] for name in names if name.startswith("label: ")})
+    return {split: train if split == "train" else answer_targets(rows, terms, labels)
+            for split, rows in splits.items()}
 
 
 def target_names(targets: dict[ImageKey, dict[str, float]]) -> list[str]:

@@ -100,3 +100,16 @@ def test_phrasings_of_one_yes_no_question_share_one_target_but_a_family_column_k
     explicit += [_row("e9", "e9.png", "Is there a mass?", "no", family="lesion")] * 3
     assert target_names(answer_targets(apply_profile(explicit, build_profile(explicit)))) == [
         "lesion: is there a cyst", "lesion: is there a mass"]
+
+
+def test_hand_labels_are_added_to_the_answer_targets_never_required():
+    labelled = [r.model_copy(update={"labels": ["nodule"] if r.id.startswith("a") else []}) for r in ROWS[:5]]
+    targets = split_targets({"train": labelled + ROWS[5:],
+                             "val": [_row("v1", "v.png", "What is the modality?", "CT", ["CT", "MRI"], "modality")
+                                     .model_copy(update={"labels": ["nodule", "mass"]})]})
+    a, b = targets["train"][image_key(ROWS[0])], targets["train"][image_key(ROWS[3])]
+    assert a["label: nodule"] == 1.0 and b["label: nodule"] == 0.0  # a labels list is exhaustive
+    assert a["modality = ct"] == 1.0  # the answers' targets are still there
+    assert "label: nodule" not in targets["train"][image_key(ROWS[5])]  # a row without labels: masked
+    assert targets["val"][image_key(_row("v1", "v.png", "q", "a"))]["label: nodule"] == 1.0
+    assert "label: mass" not in targets["val"][image_key(_row("v1", "v.png", "q", "a"))]  # not a training name
