@@ -13,7 +13,7 @@ only: no labels, family or choices), over seeds; prints a table per data set and
   Goal: yes/no AUC ≥ 0.95 and above a ResNet-18 trained on the same train split in the same run (``_resnet``;
   the split holds 388 normal images against the official 1,214: MedMNIST's table is not comparable).
 
-Each (data set, seed) runs the radfm-pipeline flow in its own RADFM_HOME (its own MLflow store and registry,
+Each (data set, tag, seed) runs the radfm-pipeline flow in its own RADFM_HOME (its own MLflow store and registry,
 so every seed's version 1 meets the gate alone), on a table ingested once with `radfm ingest table`.
 """
 
@@ -163,7 +163,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", choices=["medmd", "pneumonia", "both"], default="both")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--resnet-epochs", type=int, default=4, help="the ResNet-18 anchor's epochs (pneumonia)")
+    parser.add_argument("--resnet-epochs", type=int, default=4, help="the ResNet-18 anchor's epochs (pneumonia; 0: no anchor)")
     parser.add_argument("--tag", default="", help="a name for this configuration in the JSON")
     parser.add_argument("--json", type=Path, default=RESULTS / "real_data.json")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides on top of data=csv")
@@ -181,12 +181,12 @@ def main() -> int:
         data = ingest(name, base / "table")
         runs = []
         for seed in seeds:
-            run = run_pipeline(data, base / f"seed{seed}", seed, args.overrides)
+            run = run_pipeline(data, base / f"{args.tag or 'base'}-seed{seed}", seed, args.overrides)
             run["summary"] = summarise(name, run)
             runs.append(run)
             print_runs(name, runs[-1:])
         entry: dict[str, Any] = {"runs": runs}
-        if name == "pneumonia":
+        if name == "pneumonia" and args.resnet_epochs > 0:
             import numpy as np
 
             from bench._resnet import train_resnet18
