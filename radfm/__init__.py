@@ -1,7 +1,7 @@
 """radfm: a reproducible platform for a generalist radiology foundation model (RadFM-style).
 
-Importing the package turns off telemetry and hub downloads for every service it drives, unless the
-user has set the variable already: the library must work offline and never phone home.
+Importing the package turns off telemetry, hub downloads and cloud-metadata probes for every service it drives,
+unless the user has set the variable already: the library must work offline and never phone home.
 """
 
 from __future__ import annotations
@@ -18,6 +18,9 @@ OFFLINE_DEFAULTS: dict[str, str] = {
     "DVC_NO_ANALYTICS": "1",
     "RAY_USAGE_STATS_ENABLED": "0",
     "HF_HUB_DISABLE_TELEMETRY": "1",
+    # boto's credential chain ends in a probe of the cloud metadata address (169.254.169.254): off, so a missing
+    # S3 key is reported at once (radfm.data.remote) and nothing is sent off the machine to look for one
+    "AWS_EC2_METADATA_DISABLED": "true",
 }
 
 for _key, _value in OFFLINE_DEFAULTS.items():

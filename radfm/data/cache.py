@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from radfm.data.readers import is_series_member, series_files
+from radfm.data.headers import is_series_member, series_files
+from radfm.data.remote import remote_error, remote_fs
 
 _CHUNK = 1 << 20
 
@@ -58,9 +59,15 @@ class TensorCache:
         return digest
 
     def _remote_hash(self, url: str) -> str:
-        import fsspec
+        try:
+            return self._remote_digest(url)
+        except FileNotFoundError:
+            raise  # get_or_compute lets the reader say "file not found"
+        except Exception as exc:  # no credentials, unreachable endpoint…: one SampleError line naming the URL
+            raise remote_error(url, exc) from exc
 
-        fs, rpath = fsspec.core.url_to_fs(url)
+    def _remote_digest(self, url: str) -> str:
+        fs, rpath = remote_fs(url)
         info = fs.info(rpath)
         stamp = (url, info.get("size"), str(info.get("ETag") or info.get("etag") or ""),
                  str(info.get("LastModified") or info.get("mtime") or info.get("created") or ""))

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from radfm.data.labels import LABEL_SOURCES
+from radfm.data.limits import DEFAULT_MAX_BYTES, DEFAULT_MAX_VOXELS, ImageLimits
 from radfm.data.manifest import Sample
 from radfm.data.packing import PACK_LAYOUTS
 from radfm.data.transforms import TransformConfig
@@ -34,7 +35,9 @@ class DataConfig:
     unpacked samples place them) or ``shared`` (the images once, first; cheaper, but trains only the
     images-first layout). ``label_source``: what each row's ``label_names`` holds for the training-only heads
     (:func:`radfm.data.labels.label_names`). ``turns``: the data set's training-time turn augmentation
-    (:class:`radfm.data.turns.TurnAugment`), or None.
+    (:class:`radfm.data.turns.TurnAugment`), or None. ``max_voxels`` / ``max_bytes``: the largest image the
+    readers decode, checked on each file's header before any pixel is (:mod:`radfm.data.limits` says why the
+    defaults fit a 512×512×512 CT); a file over them is a bad sample, raised or quarantined per ``on_error``.
     """
 
     manifest: str = ""
@@ -56,6 +59,8 @@ class DataConfig:
     pack_layout: str = "inline"
     label_source: str = "labels"
     turns: TurnAugment | None = None
+    max_voxels: int = DEFAULT_MAX_VOXELS
+    max_bytes: int = DEFAULT_MAX_BYTES
 
     def __post_init__(self) -> None:
         self.manifest, self.root = str(self.manifest), str(self.root)
@@ -70,6 +75,12 @@ class DataConfig:
             raise ValueError(f"data label_source {self.label_source!r} is not one of {LABEL_SOURCES}")
         if self.pack_layout not in PACK_LAYOUTS:
             raise ValueError(f"data pack_layout {self.pack_layout!r} is not one of {PACK_LAYOUTS}")
+        ImageLimits(self.max_voxels, self.max_bytes)  # refuses a non-positive limit, naming its key
+
+    @property
+    def limits(self) -> ImageLimits:
+        """The readers' resource limits (``max_voxels``, ``max_bytes``)."""
+        return ImageLimits(self.max_voxels, self.max_bytes)
 
     @property
     def data_root(self) -> str:

@@ -18,6 +18,7 @@ from radfm.data.answer_targets import split_targets
 from radfm.data.config import DataConfig, class_of
 from radfm.data.errors import Quarantine, SampleError, check_on_error
 from radfm.data.labels import label_names
+from radfm.data.limits import ImageLimits
 from radfm.data.manifest import Sample, read_manifest, resolve_image_path
 from radfm.data.packing import PACK_LAYOUTS, PACKED_TASK, pack_samples
 from radfm.data.profile import with_profile
@@ -36,7 +37,8 @@ class RadFMDataset(Dataset):
                  transform: TransformConfig, train: bool, seed: int = 0, max_length: int | None = None,
                  cache: Any = None, epoch: int = 0, packs: Sequence[Sequence[int]] | None = None,
                  label_source: str = "labels", pack_layout: str | None = None, turns: TurnAugment | None = None,
-                 images_only: bool = False, targets: dict[Any, dict[str, float]] | None = None) -> None:
+                 images_only: bool = False, targets: dict[Any, dict[str, float]] | None = None,
+                 limits: ImageLimits | None = None) -> None:
         if packs is not None and pack_layout not in PACK_LAYOUTS:
             raise ValueError(f"packed items need a pack_layout, one of {PACK_LAYOUTS}; got {pack_layout!r}")
         self.samples = list(samples)
@@ -49,6 +51,9 @@ class RadFMDataset(Dataset):
         # images_only: items without text (no tokenizing), for the vision warm-up, which reads only the images
         # and label names; see __getitem__.
         self.images_only = images_only
+        # limits: the readers' max voxels/bytes (data.max_voxels/max_bytes); an image over them is a SampleError,
+        # so the datamodule's prevalidation quarantines it like any bad image. None: the defaults.
+        self.limits = limits
         # packs: items made of several samples that share their images (see pack_samples); None = one each.
         self.packs = [list(p) for p in packs] if packs is not None else None
         self.data_root = data_root
@@ -71,7 +76,7 @@ class RadFMDataset(Dataset):
         for ref in sample.images:
             path = resolve_image_path(self.data_root, ref.path)
             images.append(preprocess(path, self.transform, sample_id=sample.id, cache=self.cache,
-                                     train=self.train, rng=np_rng))
+                                     train=self.train, rng=np_rng, limits=self.limits))
         return images
 
     def _image_positions(self, sample: Sample, rng: random.Random | None) -> list[Any]:
@@ -285,7 +290,8 @@ class RadFMDataModule(L.LightningDataModule):
                             self.cfg.seed, self.cfg.max_length, self.cache, packs=packs,
                             label_source=self.cfg.label_source, pack_layout=self.cfg.pack_layout,
                             turns=self.cfg.turns if train else None, images_only=images_only,
-                            targets=self.targets.get(split or "") if self.targets else None)
+                            targets=self.targets.get(split or "") if self.targets else None,
+                            limits=self.cfg.limits)
 
     def _loader(self, split: str, train: bool, images_only: bool = False) -> DataLoader:
         samples = self.splits.get(split, [])

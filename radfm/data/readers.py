@@ -1,9 +1,14 @@
 """One reader interface for radiology images: ``read_image(path) -> ImageData``, chosen by suffix or content.
 
 Formats: NIfTI (``.nii``, ``.nii.gz``), DICOM (one file, multi-frame, or a series folder; a file with no or an
-unknown suffix is sniffed for the ``DICM`` preamble, because DICOM files are often named by UID), PNG/JPG,
-NPY/NPZ. ``s3://`` (any fsspec URL) is fetched to a temporary folder first. Every bad input raises
-:class:`SampleError` naming the sample, the file and the reason.
+unknown suffix is sniffed for the ``DICM`` preamble, because DICOM files are often named by UID), PNG/JPG (and
+the BMP/TIFF the table importer takes), NPY/NPZ, NRRD and MetaImage (``.mha``/``.mhd``, through SimpleITK:
+:mod:`radfm.data.readers_sitk`). ``s3://`` (any fsspec URL) is fetched to a temporary folder first. Every bad
+input raises :class:`SampleError` naming the sample, the file and the reason.
+
+Every reader reads the header first and checks it against :class:`~radfm.data.limits.ImageLimits` (``data.max_voxels``
+/ ``data.max_bytes``) before it decodes a pixel; :func:`probe_image` does only that (plus the cheap truncation
+checks of :mod:`radfm.data.headers`), for an importer to look at every file at ingest.
 
 Arrays are float32 ``C×H×W×D``: C = 1 (grey) or 3 (colour), D = 1 for a 2D image. H runs along DICOM rows
 (NIfTI's first axis), W along columns (NIfTI's second), D along the slice normal (NIfTI's third).
@@ -11,19 +16,23 @@ Arrays are float32 ``C×H×W×D``: C = 1 (grey) or 3 (colour), D = 1 for a 2D im
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from radfm.data import headers
 from radfm.data.dicom_order import BY_POSITION, SliceOrderError, order_slices, series_order
 from radfm.data.errors import SampleError
+from radfm.data.headers import is_series_member, series_files  # noqa: F401 (also part of the readers API)
+from radfm.data.limits import ImageHeader, ImageLimits, ReadError, check_limits
+from radfm.data.readers_sitk import SITK_SUFFIXES
+from radfm.data.remote import fetched as _fetched
+from radfm.data.remote import is_remote as _remote
 
-SUFFIXES = (".nii", ".nii.gz", ".dcm", ".png", ".jpg", ".jpeg", ".npy", ".npz", "<DICOM by content>",
+_PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+SUFFIXES = (".nii", ".nii.gz", ".dcm", *_PIL_SUFFIXES, ".npy", ".npz", *SITK_SUFFIXES, "<DICOM by content>",
             "<DICOM series folder>")
 
 # DICOM attributes that describe the acquisition, never the patient: meta is built from this allow-list so
@@ -49,23 +58,16 @@ class ImageData:
         return self.array.shape[-1] > 1
 
 
-class _ReadError(Exception):
-    """A known problem inside a format reader; ``read_image`` turns it into a SampleError."""
+_ReadError = ReadError  # a known problem inside a format reader; read_image turns it into a SampleError
 
 
-def read_image(path: str | Path, sample_id: str | None = None, *, allow_constant: bool = False) -> ImageData:
-    """Read any supported image or scan as float32 C×H×W×D.
+def _one_line(exc: BaseException) -> str:
+    """A decoder's message on one line: some (nibabel, ITK) span several, and an error is one line (DESIGN 10)."""
+    return " ".join(str(exc).split())
 
-    Raises :class:`SampleError` for a missing file, an unsupported format, a corrupt or truncated file, a
-    zero-size image, NaN/inf values, or a constant image (no signal) unless ``allow_constant``.
-    """
-    path_s = str(path)
-    if "://" in path_s and not path_s.startswith("file://"):
-        try:
-            with _fetched(path_s) as local:
-                return read_image(local, sample_id, allow_constant=allow_constant)
-        except SampleError as err:  # name the URL the user gave, not the temporary copy
-            raise SampleError(sample_id, path_s, err.reason) from err.__cause__
+
+def _local(path_s: str, sample_id: str | None) -> tuple[Path, str]:
+    """The local path and its format, or the SampleError every reader gives for a missing/unknown/empty file."""
     p = Path(path_s.removeprefix("file://"))
     if not p.exists():
         raise SampleError(sample_id, path_s, "file not found")
@@ -75,10 +77,60 @@ def read_image(path: str | Path, sample_id: str | None = None, *, allow_constant
                           f"preamble); readable: {', '.join(SUFFIXES)}")
     if p.is_file() and p.stat().st_size == 0:
         raise SampleError(sample_id, path_s, "file is empty (0 bytes)")
+    return p, fmt
+
+
+def probe_image(path: str | Path, sample_id: str | None = None, limits: ImageLimits | None = None) -> ImageHeader:
+    """Read only the header of an image or scan, check it against ``limits`` (None: the defaults) and return it.
+
+    Cheap (no pixel is decoded), for importers to look at every file at ingest. Raises :class:`SampleError`
+    naming the sample and the file for a missing, unsupported, empty, broken, wrong-magic or oversized file, and
+    for a truncated one where the header states the data's length (see :mod:`radfm.data.headers`). A remote URL
+    is fetched first.
+    """
+    path_s = str(path)
+    if _remote(path_s):
+        try:
+            with _fetched(path_s) as local:
+                return probe_image(local, sample_id, limits)
+        except SampleError as err:  # name the URL the user gave, not the temporary copy
+            raise SampleError(sample_id, path_s, err.reason) from err.__cause__
+    p, fmt = _local(path_s, sample_id)
     try:
-        img = _READERS[fmt](p)
+        header = _PROBES[fmt](p, limits)
+        if header.voxels == 0:
+            raise ReadError(f"zero-size image (shape {header.shape})")
+        return header
+    except ReadError as exc:
+        raise SampleError(sample_id, path_s, _one_line(exc)) from None
+    except PermissionError as exc:
+        raise SampleError(sample_id, path_s, f"cannot read the file ({exc.strerror}): check its permissions"
+                          ) from None
+    except Exception as exc:  # every header parser fails differently on damaged bytes; keep the cause chained
+        raise SampleError(sample_id, path_s, f"corrupt or truncated {_FORMAT_NAMES[fmt]} header "
+                          f"({type(exc).__name__}: {_one_line(exc)})") from exc
+
+
+def read_image(path: str | Path, sample_id: str | None = None, *, allow_constant: bool = False,
+               limits: ImageLimits | None = None) -> ImageData:
+    """Read any supported image or scan as float32 C×H×W×D.
+
+    Raises :class:`SampleError` for a missing file, an unsupported format, a header over ``limits`` (None: the
+    defaults; checked before any pixel is decoded), a corrupt or truncated file, a zero-size image, NaN/inf
+    values, or a constant image (no signal) unless ``allow_constant``.
+    """
+    path_s = str(path)
+    if _remote(path_s):
+        try:
+            with _fetched(path_s) as local:
+                return read_image(local, sample_id, allow_constant=allow_constant, limits=limits)
+        except SampleError as err:  # name the URL the user gave, not the temporary copy
+            raise SampleError(sample_id, path_s, err.reason) from err.__cause__
+    p, fmt = _local(path_s, sample_id)
+    try:
+        img = _READERS[fmt](p, limits)
     except (_ReadError, SliceOrderError) as exc:
-        raise SampleError(sample_id, path_s, str(exc)) from None
+        raise SampleError(sample_id, path_s, _one_line(exc)) from None
     except PermissionError as exc:
         raise SampleError(sample_id, path_s, f"cannot read the file ({exc.strerror}): check its permissions"
                           ) from None
@@ -86,20 +138,20 @@ def read_image(path: str | Path, sample_id: str | None = None, *, allow_constant
         raise
     except Exception as exc:  # every decoder fails differently on damaged bytes; keep the cause chained
         raise SampleError(sample_id, path_s, f"corrupt or truncated {_FORMAT_NAMES[fmt]} file "
-                          f"({type(exc).__name__}: {exc})") from exc
+                          f"({type(exc).__name__}: {_one_line(exc)})") from exc
     _check_values(img, sample_id, path_s, allow_constant)
     return img
 
 
 def detect_format(path: Path) -> str | None:
-    """``nifti``, ``dicom``, ``dicom_series`` (a folder), ``pil``, ``npy``, ``npz`` or None."""
+    """``nifti``, ``dicom``, ``dicom_series`` (a folder), ``pil``, ``npy``, ``npz``, ``sitk`` or None."""
     if path.is_dir():
         return "dicom_series"
     name = path.name.lower()
     if name.endswith((".nii", ".nii.gz")):
         return "nifti"
-    by_suffix = {".dcm": "dicom", ".dicom": "dicom", ".ima": "dicom", ".png": "pil", ".jpg": "pil",
-                 ".jpeg": "pil", ".npy": "npy", ".npz": "npz"}
+    by_suffix = {".dcm": "dicom", ".dicom": "dicom", ".ima": "dicom", ".npy": "npy", ".npz": "npz",
+                 **dict.fromkeys(_PIL_SUFFIXES, "pil"), **dict.fromkeys(SITK_SUFFIXES, "sitk")}
     fmt = by_suffix.get(path.suffix.lower())
     if fmt is None and is_dicom_file(path):
         fmt = "dicom"
@@ -114,16 +166,6 @@ def is_dicom_file(path: Path) -> bool:
     except OSError:
         return False
     return len(head) == 132 and head[128:] == b"DICM"
-
-
-def is_series_member(name: str) -> bool:
-    """Whether a file in a series folder is a slice: hidden files and the DICOMDIR index are not."""
-    return not name.startswith(".") and name.upper() != "DICOMDIR"
-
-
-def series_files(folder: Path) -> list[Path]:
-    """The slice files of a DICOM series folder, sorted by name."""
-    return sorted(f for f in folder.iterdir() if f.is_file() and is_series_member(f.name))
 
 
 def _check_values(img: ImageData, sample_id: str | None, file: str, allow_constant: bool) -> None:
@@ -162,12 +204,20 @@ def _positive(values: Any, default: float = 1.0) -> float:
 # --- NIfTI -------------------------------------------------------------------------------------------------
 
 
-def _read_nifti(path: Path) -> ImageData:
+def _read_nifti(path: Path, limits: ImageLimits | None) -> ImageData:
     import nibabel as nib
 
-    img = nib.load(str(path))
+    img = nib.load(str(path))  # the header only: the voxels stay on disk until dataobj is read
+    check_limits(headers.nifti_header(img), limits)
+    return _nifti_volume(img, {"format": "nifti"})
+
+
+def _nifti_volume(img: Any, meta: dict[str, Any]) -> ImageData:
+    """A nibabel image (a NIfTI file, or an ITK image's array and RAS affine) laid out as C×H×W×D."""
+    import nibabel as nib
+
     shape = img.shape
-    meta: dict[str, Any] = {"format": "nifti", "source_shape": list(shape)}
+    meta = {**meta, "source_shape": list(shape)}
     if len(shape) == 4:  # a time series or DWI shells: the model takes one volume, so keep the first
         meta["volumes"] = int(shape[3])
         img = img.slicer[..., 0]
@@ -195,21 +245,6 @@ def _read_nifti(path: Path) -> ImageData:
 # --- DICOM -------------------------------------------------------------------------------------------------
 
 
-def _dcmread(path: Path):
-    import pydicom
-    from pydicom import uid
-
-    ds = pydicom.dcmread(str(path), force=True)  # force: legacy files lack the preamble; PixelData is checked
-    if "PixelData" not in ds or "Rows" not in ds or "Columns" not in ds:
-        raise _ReadError(f"{path.name}: DICOM file has no image (no PixelData/Rows/Columns)")
-    if "TransferSyntaxUID" not in ds.file_meta:  # pre-Part-10 files: the encoding read is the one to decode
-        implicit, little = ds.original_encoding
-        ds.file_meta.TransferSyntaxUID = {(True, True): uid.ImplicitVRLittleEndian,
-                                          (False, True): uid.ExplicitVRLittleEndian,
-                                          (False, False): uid.ExplicitVRBigEndian}[(implicit, little)]
-    return ds
-
-
 def _fg_item(ds: Any, frame: int, seq: str) -> Any:
     """The first item of functional-group sequence ``seq`` for ``frame`` (per-frame, else shared), or None."""
     for groups, idx in (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0)):
@@ -226,13 +261,13 @@ def _frames(ds: Any) -> np.ndarray:
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
     try:
-        raw = ds.pixel_array
+        raw = ds.pixel_array  # reads the deferred PixelData now, after the caller checked the limits
     except (NotImplementedError, RuntimeError) as exc:
         syntax = ds.file_meta.get("TransferSyntaxUID")
         raise _ReadError(f"cannot decode pixel data (transfer syntax {syntax}): {exc}") from exc
     if photometric == "PALETTE COLOR":
         raw = apply_color_lut(raw, ds)
-    samples = 3 if (int(ds.get("SamplesPerPixel", 1)) == 3 or photometric == "PALETTE COLOR") else 1
+    samples = headers.dicom_samples(ds)
     raw = raw.reshape(n_frames, int(ds.Rows), int(ds.Columns), samples)
     if samples == 3:  # rescale applies to grey values only; colour is already display RGB
         return raw.astype(np.float32)
@@ -297,8 +332,9 @@ def _monochrome1(vol: np.ndarray, ds: Any) -> np.ndarray:
     return vol
 
 
-def _read_dicom(path: Path) -> ImageData:
-    ds = _dcmread(path)
+def _read_dicom(path: Path, limits: ImageLimits | None) -> ImageData:
+    ds = headers.dcmread(path)
+    check_limits(headers.dicom_header(ds), limits)
     frames = _frames(ds)  # (F, H, W, S)
     meta = _dicom_meta(ds, "dicom")
     dz = _slice_thickness(ds)
@@ -323,40 +359,15 @@ def _modality(ds: Any) -> str | None:
     return str(m).upper() if m else None
 
 
-def _read_dicom_series(folder: Path) -> ImageData:
+def _read_dicom_series(folder: Path, limits: ImageLimits | None) -> ImageData:
     files = series_files(folder)
     if not files:
         raise _ReadError("series folder holds no files")
     if len(files) == 1:
-        return _read_dicom(files[0])
-    slices = []
-    for f in files:
-        try:
-            ds = _dcmread(f)
-        except _ReadError:
-            raise
-        except Exception as exc:
-            raise _ReadError(f"slice {f.name} is not a readable DICOM file ({type(exc).__name__}: {exc})"
-                             ) from exc
-        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-            raise _ReadError(f"slice {f.name} is multi-frame: a series folder holds single-frame slices; "
-                             "read the multi-frame file on its own")
-        slices.append((f, ds))
-    uids = {str(ds.get("SeriesInstanceUID", "")) for _, ds in slices}
-    if len(uids) > 1:
-        raise _ReadError(f"mixed series: {len(uids)} SeriesInstanceUIDs in one folder; put each series in "
-                         "its own folder")
+        return _read_dicom(files[0], limits)
+    slices = headers.series_datasets(files)  # pixel data still on disk
     f0, ds0 = slices[0]
-    shape0 = (int(ds0.Rows), int(ds0.Columns), int(ds0.get("SamplesPerPixel", 1)))
-    for f, ds in slices[1:]:
-        shape = (int(ds.Rows), int(ds.Columns), int(ds.get("SamplesPerPixel", 1)))
-        if shape != shape0:
-            raise _ReadError(f"mismatched slice size: {f.name} is {shape[0]}×{shape[1]}×{shape[2]} but "
-                             f"{f0.name} is {shape0[0]}×{shape0[1]}×{shape0[2]} (rows×cols×samples)")
-    orientations = {tuple(np.round(np.asarray(ds.get("ImageOrientationPatient"), float), 4))
-                    for _, ds in slices if ds.get("ImageOrientationPatient") is not None}
-    if len(orientations) > 1:
-        raise _ReadError("slices have different ImageOrientationPatient: not one volume")
+    check_limits(headers.dicom_header(ds0, len(slices), "dicom_series"), limits)
     # The same order as the DICOM importer's (radfm.data.dicom_order): by position, InstanceNumber, name.
     ordered = series_order([ds for _, ds in slices], [f.name for f, _ in slices])
     try:
@@ -374,10 +385,9 @@ def _read_dicom_series(folder: Path) -> ImageData:
 # --- PNG/JPG, NPY/NPZ --------------------------------------------------------------------------------------
 
 
-def _read_pil(path: Path) -> ImageData:
-    from PIL import Image
-
-    with Image.open(path) as im:
+def _read_pil(path: Path, limits: ImageLimits | None) -> ImageData:
+    with headers.pil_open(path) as im:
+        check_limits(headers.pil_header(im), limits)  # the size is in the header: nothing decoded yet
         im.load()  # decode now, so a truncated file fails here and not later in a transform
         mode = im.mode
         if mode in ("1", "L", "I", "F") or mode.startswith("I;16"):
@@ -394,71 +404,66 @@ def _read_pil(path: Path) -> ImageData:
 
 
 def _numeric(a: np.ndarray, what: str) -> np.ndarray:
-    if a.dtype.kind not in "biuf":
-        raise _ReadError(f"{what} has unsupported dtype {a.dtype} (need bool, integer or float)")
+    headers.numeric_dtype(a.dtype, what)
     return a
 
 
 def _array_layout(a: np.ndarray) -> np.ndarray:
-    if a.ndim in (2, 3):
-        return _as_chwd(a, channels_last=False)
-    if a.ndim == 4 and a.shape[0] in (1, 3):
+    headers.array_shape(tuple(a.shape))  # refuses a shape no reader lays out, naming it
+    if a.ndim == 4:
         return np.ascontiguousarray(a, dtype=np.float32)
-    raise _ReadError(f"array of shape {tuple(a.shape)}: expected H×W, H×W×D or C×H×W×D with C 1 or 3")
+    return _as_chwd(a, channels_last=False)
 
 
-def _read_npy(path: Path) -> ImageData:
-    try:
-        a = np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        if "allow_pickle" not in str(exc):
-            raise
-        raise _ReadError("array holds Python objects (pickled): save a numeric array instead") from None
+def _read_npy(path: Path, limits: ImageLimits | None) -> ImageData:
+    headers.probe_npy(path, limits)  # the header (and the file's length) before np.load allocates
+    a = np.load(path, allow_pickle=False)
     a = _numeric(a, "array")
     return ImageData(_array_layout(a), (1.0, 1.0, 1.0), None, {"format": "npy"})
 
 
-def _read_npz(path: Path) -> ImageData:
+def _read_npz(path: Path, limits: ImageLimits | None) -> ImageData:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            key, _header = headers.npz_header(zf, limits)
+    except zipfile.BadZipFile as exc:
+        raise _ReadError(f"not a valid .npz (zip) archive, or truncated ({exc})") from None
     with np.load(path, allow_pickle=False) as z:
-        if not z.files:
-            raise _ReadError("npz archive holds no arrays")
-        key = "image" if "image" in z.files else z.files[0]
         a = _numeric(z[key], f"array {key!r}")
         spacing = (1.0, 1.0, 1.0)
-        if "spacing" in z.files:
+        if "spacing" in z.files and key != "spacing":
             s = [_positive(v) for v in np.ravel(z["spacing"])[:3]] + [1.0, 1.0]
             spacing = (s[0], s[1], s[2])
     return ImageData(_array_layout(a), spacing, None, {"format": "npz", "key": key})
 
 
+def _read_sitk(path: Path, limits: ImageLimits | None) -> ImageData:
+    import nibabel as nib
+
+    from radfm.data.readers_sitk import read_sitk
+
+    arr, affine, colour = read_sitk(path, limits)
+    meta = {"format": path.suffix.lower().lstrip(".")}
+    if colour:  # (x, y, 3): an RGB picture, spacing from the affine's in-plane columns
+        zooms = np.linalg.norm(affine[:3, :2], axis=0)
+        return ImageData(_as_chwd(arr, channels_last=True), (float(zooms[0]), float(zooms[1]), 1.0), None,
+                         {**meta, "mode": "RGB"})
+    # the NIfTI path: RAS axes, slice axis last, spacing from the affine, so an .mha reads as its .nii
+    return _nifti_volume(nib.Nifti1Image(np.asanyarray(arr), affine), meta)
+
+
+def _probe_sitk(path: Path, limits: ImageLimits | None) -> ImageHeader:
+    from radfm.data.readers_sitk import probe_sitk
+
+    return probe_sitk(path, limits)
+
+
 _FORMAT_NAMES = {"nifti": "NIfTI", "dicom": "DICOM", "dicom_series": "DICOM series", "pil": "PNG/JPG",
-                 "npy": "NPY", "npz": "NPZ"}
+                 "npy": "NPY", "npz": "NPZ", "sitk": "NRRD/MetaImage"}
 _READERS = {"nifti": _read_nifti, "dicom": _read_dicom, "dicom_series": _read_dicom_series,
-            "pil": _read_pil, "npy": _read_npy, "npz": _read_npz}
-
-
-# --- remote ------------------------------------------------------------------------------------------------
-
-
-@contextmanager
-def _fetched(url: str) -> Iterator[Path]:
-    """Download an fsspec URL (a file or a flat series folder) to a temporary folder under RADFM_HOME."""
-    import fsspec
-
-    from radfm.paths import home_path
-
-    fs, rpath = fsspec.core.url_to_fs(url)
-    rpath = rpath.rstrip("/")
-    if not fs.exists(rpath):
-        raise SampleError(None, url, "file not found")
-    name = PurePosixPath(rpath).name or "image"
-    with tempfile.TemporaryDirectory(prefix="fetch-", dir=home_path("tmp")) as tmp:
-        local = Path(tmp) / name
-        if fs.isdir(rpath):
-            local.mkdir()
-            for entry in fs.ls(rpath, detail=True):
-                if entry["type"] == "file" and is_series_member(PurePosixPath(entry["name"]).name):
-                    fs.get_file(entry["name"], str(local / PurePosixPath(entry["name"]).name))
-        else:
-            fs.get_file(rpath, str(local))
-        yield local
+            "pil": _read_pil, "npy": _read_npy, "npz": _read_npz, "sitk": _read_sitk}
+_PROBES = {"nifti": headers.probe_nifti, "dicom": headers.probe_dicom,
+           "dicom_series": lambda p, limits: headers.probe_dicom_series(series_files(p), limits), "pil": headers.probe_pil,
+           "npy": headers.probe_npy, "npz": headers.probe_npz, "sitk": _probe_sitk}

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from radfm.data.errors import SampleError
+from radfm.data.limits import ImageLimits
 from radfm.data.readers import read_image
 
 if TYPE_CHECKING:
@@ -383,18 +384,27 @@ def _run(ts: Compose, data: Data, sample_id: str | None, path: str | Path) -> Da
 
 def preprocess(path: str | Path, cfg: TransformConfig, sample_id: str | None = None,
                cache: TensorCache | None = None, train: bool = False,
-               rng: np.random.Generator | None = None, *, allow_constant: bool = False) -> torch.Tensor:
+               rng: np.random.Generator | None = None, *, allow_constant: bool = False,
+               limits: ImageLimits | None = None) -> torch.Tensor:
     """One image or scan → float32 tensor ``channels×image_size×image_size×D`` (D a bucket, or 1 for 2D).
 
-    read → normalise, resize, depth, zero-centre (cached by file content + ``cfg.key()``) → train-only
-    augmentation (after the cache, so it differs every epoch) → channels.
+    read (header checked against ``limits``, None: the defaults) → normalise, resize, depth, zero-centre (cached
+    by file content + ``cfg.key()``) → train-only augmentation (after the cache, so it differs every epoch) →
+    channels. The limits are not part of the cache key: they guard the decode, and a cached entry is already
+    small.
     """
 
     def compute() -> np.ndarray:
-        img = read_image(path, sample_id, allow_constant=allow_constant)
+        img = read_image(path, sample_id, allow_constant=allow_constant, limits=limits)
         data = {"image": img.array, "meta": {**img.meta, "modality": img.modality, "spacing": img.spacing}}
         return _run(deterministic_transforms(cfg), data, sample_id, path)["image"]
 
-    arr = cache.get_or_compute(path, cfg.key(), compute) if cache is not None else compute()
+    try:
+        arr = cache.get_or_compute(path, cfg.key(), compute) if cache is not None else compute()
+    except SampleError as err:
+        if err.sample_id is not None:
+            raise
+        # the cache hashes a remote file before reading it, and knows no sample: name it here
+        raise SampleError(sample_id, err.file, err.reason) from err.__cause__
     out = _run(tail_transforms(cfg, train), {"image": arr, "meta": {}, "rng": rng}, sample_id, path)["image"]
     return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -19,6 +21,27 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 TOKENIZER = "tokenizer"
 META = "radfm.json"
+
+
+class CorruptWeightsError(ValueError):
+    """A safetensors file that cannot be parsed: cut short (an interrupted copy or download) or damaged."""
+
+
+@contextmanager
+def named_weights_errors(path: str | Path) -> Iterator[None]:
+    """Turn safetensors' errors inside the block into one line naming the file.
+
+    Why: safetensors says only "Error while deserializing header: incomplete metadata, file not fully covered",
+    and a run that loads several checkpoints (eval, registry, promotion) then leaves the user to guess which.
+    """
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except SafetensorError as exc:
+        size = Path(path).stat().st_size if Path(path).exists() else 0
+        raise CorruptWeightsError(f"weights file {path} ({size:,} bytes) is truncated or corrupt ({exc}); "
+                                  "copy or download it again, or save the checkpoint again") from None
 
 
 def save_pretrained(model: RadFMModel, tokenizer: RadFMTokenizer, directory: str | Path,
@@ -43,7 +66,7 @@ def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -
             raise FileNotFoundError(f"{directory} is not a radfm checkpoint: {name} is missing")
     cfg = RadFMConfig.load(directory / CONFIG)
     tokenizer = RadFMTokenizer.load(directory / TOKENIZER, cfg.num_image_tokens)
-    with safe_open(str(directory / WEIGHTS), framework="pt") as f:
+    with named_weights_errors(directory / WEIGHTS), safe_open(str(directory / WEIGHTS), framework="pt") as f:
         key = next(k for k in f.keys() if k.endswith("embed_tokens.weight"))  # noqa: SIM118 (safe_open is not iterable)
         rows = f.get_slice(key).get_shape()[0]
     if len(tokenizer) > rows or rows != cfg.lm.vocab_size:
@@ -55,7 +78,8 @@ def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -
     model = build_model(cfg, tokenizer)
     from safetensors.torch import load_model
 
-    missing, unexpected = load_model(model, str(directory / WEIGHTS), strict=False, device=str(device))
+    with named_weights_errors(directory / WEIGHTS):
+        missing, unexpected = load_model(model, str(directory / WEIGHTS), strict=False, device=str(device))
     if missing or unexpected:
         raise ValueError(f"checkpoint {directory} does not match its config: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")

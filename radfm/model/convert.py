@@ -222,7 +222,10 @@ def _load_file(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path), device="cpu")
+        from radfm.model.checkpoint import named_weights_errors
+
+        with named_weights_errors(path):
+            return load_file(str(path), device="cpu")
     if path.suffix not in TORCH_SUFFIXES:
         raise ValueError(f"{path}: unsupported checkpoint suffix {path.suffix!r} "
                          f"(use .safetensors or one of {', '.join(TORCH_SUFFIXES)})")

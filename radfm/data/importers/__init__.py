@@ -13,15 +13,22 @@ frame) so no header travels, the sample id is a salted hash of the study UID, an
 found in the headers (name, IDs, birth date, accession number, physicians…) are scrubbed from report text and
 never written to manifests, meta, file names or logs.
 
+Every image a table or a DICOM folder names is checked after resolving links: what resolves outside the
+image root (file or folder, or a file under a named folder) is refused, and copies never follow a link nor
+create one (:mod:`.containment`). Every image placed is probed (its header: :mod:`.probe`), so a broken,
+truncated or oversized file is refused or quarantined at ingest. The DICOM importer names input files by an
+opaque id (:func:`find_dicom_file` maps one back on the machine that holds the folder and the salt).
+
 Modules: :mod:`.run` (the run's bookkeeping shared by every importer: splits, slugs, the manifest and
-quarantine report, placing files), :mod:`.table`, :mod:`.medmnist`, and for DICOM :mod:`.dicom` (the
+quarantine report, writing converted pixels), :mod:`.containment` (resolved-path checks, copying),
+:mod:`.probe` (the header look at ingest), :mod:`.table`, :mod:`.medmnist`, and for DICOM :mod:`.dicom` (the
 importer), :mod:`.dicom_scan` (finding the files), :mod:`.dicom_pixels` (series → array; slices ordered by
 :mod:`radfm.data.dicom_order`, as the reader orders them) and :mod:`.deid` (identifiers, scrubbing, salted ids).
 """
 
 from __future__ import annotations
 
-from radfm.data.importers.deid import PHI_KEYWORDS, REDACTED, opaque_id, scrub
+from radfm.data.importers.deid import PHI_KEYWORDS, REDACTED, find_dicom_file, opaque_id, scrub
 from radfm.data.importers.dicom import ingest_dicom_folder
 from radfm.data.importers.dicom_pixels import DicomImage, dicom_to_array
 from radfm.data.importers.medmnist import MEDMNIST, MedMNISTInfo, ingest_medmnist
@@ -40,6 +47,7 @@ __all__ = [
     "MedMNISTInfo",
     "assign_split",
     "dicom_to_array",
+    "find_dicom_file",
     "infer_kind",
     "ingest_dicom_folder",
     "ingest_medmnist",

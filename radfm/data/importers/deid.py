@@ -1,5 +1,7 @@
 """De-identification for the DICOM importer: the patient's identifiers found in a header, scrubbing them from
-text, the salted opaque sample ids, and keeping pydicom's warnings (which quote element values) out of logs."""
+text and messages, the salted opaque sample and file ids (input file and folder names often carry a name or a
+record number, so no message names them), and keeping pydicom's warnings (which quote element values) out of
+logs."""
 
 from __future__ import annotations
 
@@ -74,10 +76,27 @@ def _identifier_terms(ds: Any) -> set[str]:
 
 
 def scrub(text: str, terms: set[str]) -> str:
-    """Replace each identifier (whole words, any case, longest first) with ``[redacted]``."""
+    """Replace each identifier (whole words, any case, longest first) with ``[redacted]``.
+
+    A word ends at anything but a letter or digit, ``_`` included: ``MRN123_Doe`` (a folder name pasted into
+    a report) loses both parts, ``Doeville`` keeps its ``Doe``."""
     for term in sorted(terms, key=len, reverse=True):
-        text = re.sub(rf"(?<!\w){re.escape(term)}(?!\w)", REDACTED, text, flags=re.IGNORECASE)
+        text = re.sub(rf"(?<![^\W_]){re.escape(term)}(?![^\W_])", REDACTED, text, flags=re.IGNORECASE)
     return text
+
+
+def scrub_message(text: str, terms: set[str]) -> str:
+    """A reader's or decoder's message made safe to show and log: its first line, at most 300 characters,
+    with every identifier removed. Stricter than :func:`scrub` (a message has no prose to keep): terms of
+    four characters or more go wherever they occur, inside longer words and paths too; shorter ones as words."""
+    text = (text.splitlines()[0] if text else "")[:300]
+    for term in sorted((t for t in terms if t), key=len, reverse=True):
+        pattern = re.escape(term) if len(term) >= 4 else rf"(?<![^\W_]){re.escape(term)}(?![^\W_])"
+        text = re.sub(pattern, REDACTED, text, flags=re.IGNORECASE)
+    # What no list can name: a UID (1.2.840…), or a long number (a record number, a date) from a header
+    # that could not be parsed, so whose identifiers are unknown.
+    text = re.sub(r"\d+(?:\.\d+){3,}", REDACTED, text)
+    return re.sub(r"\d{6,}", REDACTED, text)
 
 
 def _id_salt(salt: str | None) -> str:
@@ -98,4 +117,27 @@ def _id_salt(salt: str | None) -> str:
 
 
 def opaque_id(value: str, salt: str, prefix: str) -> str:
+    """``<prefix>-`` + 16 hex digits of the salted sha256 of ``value``: stable for one salt, not reversible."""
     return f"{prefix}-{hashlib.sha256(f'{salt}:{value}'.encode()).hexdigest()[:16]}"
+
+
+FILE_PREFIX = "file"
+
+
+def file_id(rel: str, salt: str) -> str:
+    """The opaque id by which the DICOM importer names an input file (``rel``: its path under the DICOM
+    folder, '/'-separated) in messages, quarantine records and logs; :func:`find_dicom_file` maps it back."""
+    return opaque_id(f"path:{rel}", salt, FILE_PREFIX)
+
+
+def find_dicom_file(dicom_root: str | os.PathLike[str], fid: str, salt: str | None = None) -> str | None:
+    """The path under ``dicom_root`` (as ``dicom_root/rel``) of the file an importer message calls ``fid``,
+    or None. Needs the salt of that import (the same ``salt`` argument, ``RADFM_ID_SALT``, or this
+    RADFM_HOME's). Runs on the user's machine only: the mapping is never written anywhere."""
+    salt = _id_salt(salt)
+    for dirpath, dirnames, filenames in os.walk(dicom_root):
+        for name in (*dirnames, *filenames):
+            path = os.path.join(dirpath, name)
+            if file_id(os.path.relpath(path, dicom_root).replace(os.sep, "/"), salt) == fid:
+                return path
+    return None

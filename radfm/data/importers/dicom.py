@@ -3,7 +3,9 @@ series converted (NIfTI for a series or multi-frame file, PNG for one frame) so 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,9 +14,17 @@ import numpy as np
 
 from radfm.data import prompts
 from radfm.data.errors import Quarantine, SampleError
-from radfm.data.importers.deid import _PHI_COLUMN_HINTS, _id_salt, _quiet_pydicom, opaque_id, scrub
+from radfm.data.importers.deid import (
+    _PHI_COLUMN_HINTS,
+    _id_salt,
+    _quiet_pydicom,
+    opaque_id,
+    scrub,
+    scrub_message,
+)
 from radfm.data.importers.dicom_pixels import DicomImage, _nifti_ready, _png_ready, dicom_to_array
 from radfm.data.importers.dicom_scan import _DicomFile, _DicomIndex, _scan_dicom
+from radfm.data.importers.probe import check_image, check_series, has_probe
 from radfm.data.importers.run import (
     DEFAULT_FRACTIONS,
     _Run,
@@ -23,6 +33,7 @@ from radfm.data.importers.run import (
     _write_png,
     assign_split,
 )
+from radfm.data.importers.table import read_csv_table
 from radfm.data.manifest import Sample, _validate_row
 
 log = logging.getLogger(__name__)
@@ -48,6 +59,7 @@ def ingest_dicom_folder(
     salt: str | None = None,
     on_error: str = "raise",
     manifest_path: str | Path | None = None,
+    limits: Any = None,
 ) -> tuple[list[Sample], Quarantine]:
     """A folder of DICOM studies + a CSV of reports → de-identified report samples.
 
@@ -56,24 +68,31 @@ def ingest_dicom_folder(
     sub-folder name; its text is ``report_col`` (or ``findings`` + ``impression``). Every series of the study
     becomes one image: NIfTI (H×W×D, spacing in the affine) for a series or multi-frame file, PNG for a single
     frame (16-bit when needed; ``meta.images[i].intensity`` maps pixels back to modality units). The sample id
-    is ``<source>-`` + a salted sha256 of the study UID (see :func:`_id_salt`). Errors name the CSV row and
-    the input file relative to ``dicom_root``, never a header value.
+    is ``<source>-`` + a salted sha256 of the study UID (see :func:`_id_salt`). Errors, quarantine records and
+    logs name the CSV row and an input file by its opaque id (``file-`` + a salted hash of its path:
+    :func:`radfm.data.importers.find_dicom_file` maps it back on this machine), never a file or folder name
+    from ``dicom_root`` (they often hold a name or a record number) nor a header value. A file or folder that
+    resolves outside ``dicom_root`` (a link out) is never opened: its study is refused. Each image is probed
+    (:mod:`.probe`, against ``limits``: a :class:`radfm.data.limits.ImageLimits`, None: the defaults): each
+    input file and the series it stacks into before any pixel is read, the converted file after it is written.
+    A reports table with no rows is a ValueError; nothing is written.
     """
-    import pandas as pd
-
     dicom_root, reports_csv = Path(dicom_root), Path(reports_csv)
     if not dicom_root.is_dir():
         raise FileNotFoundError(f"DICOM folder {dicom_root} does not exist")
     salt = _id_salt(salt)
     run = _Run(source, out_root, manifest_path, on_error, "ingest")
-    df = pd.read_csv(reports_csv, dtype=str, keep_default_na=False)
+    run.limits = limits
+    df = read_csv_table(reports_csv)
+    if df.empty:
+        raise ValueError(f"reports table {reports_csv}: no rows (only a header); nothing was written")
     columns = {c.strip().lower(): c for c in df.columns}
     key_col, key_type = _key_column(columns, key, reports_csv)
     text_cols = _report_columns(columns, report_col, reports_csv)
     phi_cols = [c for low, c in columns.items()
                 if any(h in low for h in _PHI_COLUMN_HINTS) and c not in (key_col, *text_cols)]
     with _quiet_pydicom():
-        index = _scan_dicom(dicom_root)
+        index = _scan_dicom(dicom_root, salt)
         used: set[str] = set()
         for i, rec in enumerate(df.to_dict("records")):
             where = f"{reports_csv.name} row {i + 2}"
@@ -120,13 +139,14 @@ def _dicom_row(run: _Run, index: _DicomIndex, rec: dict[str, str], where: str, k
     if not key:
         raise SampleError(where, csv_name, f"{where}: the key column {key_col!r} is empty")
     files, study_uids, sid = _row_files(run, index, key, key_type, key_col, where, salt, csv_name, used)
-    run.check_id(sid, files[0].rel, where)
-    converted, images_meta = _convert_series(run, sid, where, files)
+    run.check_id(sid, files[0].fid, where)
+    secrets = _secrets(files, index)
+    converted, images_meta = _convert_series(run, sid, where, files, secrets)
 
     terms = set().union(*(f.terms for f in files))
     terms.update(str(rec[c]).strip() for c in phi_cols if len(str(rec[c]).strip()) >= 2)
-    if key_type == "accession":
-        terms.add(key)
+    terms.add(key)  # an accession number, or a folder name such as Doe_Jane_MRN123 pasted into the report
+    terms.update(_name_terms(files))
     text_parts = [f"{c.strip().capitalize()}: {rec[c].strip()}" if len(text_cols) > 1 else rec[c].strip()
                   for c in text_cols if str(rec.get(c, "")).strip()]
     split_given = str(rec.get(split_col, "") or "").strip()
@@ -142,8 +162,20 @@ def _dicom_row(run: _Run, index: _DicomIndex, rec: dict[str, str], where: str, k
         "meta": {"template": "report", "images": images_meta},
     }
     sample = _validate_row(row, where)
-    _write_converted(run, sid, where, converted)
+    _write_converted(run, sid, where, converted, secrets)
     return run.claim([sample])
+
+
+def _name_terms(files: list[_DicomFile]) -> set[str]:
+    """The study's folder and file names (and stems) that could be pasted into its report: those with a
+    digit or a separator (``Doe_Jane_MRN123``); a plain word such as ``image`` or ``chest`` stays in the text."""
+    parts = {p for f in files for seg in f.rel.split("/") for p in (seg, Path(seg).stem)}
+    return {p for p in parts if len(p) >= 4 and re.search(r"[\d_\-.^ ]", p)}
+
+
+def _secrets(files: list[_DicomFile], index: _DicomIndex) -> set[str]:
+    """What no message may carry: the study's header identifiers and every file and folder name found."""
+    return set().union(*(f.terms for f in files), index.names)
 
 
 def _row_files(run: _Run, index: _DicomIndex, key: str, key_type: str, key_col: str, where: str, salt: str,
@@ -153,9 +185,8 @@ def _row_files(run: _Run, index: _DicomIndex, key: str, key_type: str, key_col: 
     files = index.lookup(key_type, key)
     if not files and key_type == "folder" and index.unreadable.get(key):
         used.add(f"folder:{key}")
-        rel, reason = index.unreadable[key][0]
-        raise SampleError(opaque_id(f"{key_type}:{key}", salt, run.slug), rel,
-                          f"{where}: not a readable DICOM file ({reason}); fix or remove it")
+        fid, reason = index.unreadable[key][0]
+        raise _unreadable(opaque_id(f"{key_type}:{key}", salt, run.slug), fid, where, reason, index)
     if not files:
         # The key itself may be an accession number: the error names the row, not the value.
         raise SampleError(opaque_id(f"{key_type}:{key}", salt, run.slug), csv_name,
@@ -166,15 +197,25 @@ def _row_files(run: _Run, index: _DicomIndex, key: str, key_type: str, key_col: 
     used.update(f"folder:{f}" for f in folders)
     used.update(f"study:{u}" for u in study_uids)
     for folder in sorted(folders):
-        for rel, reason in index.unreadable.get(folder, []):
-            raise SampleError(sid, rel, f"{where}: not a readable DICOM file ({reason}); fix or remove it")
+        for fid, reason in index.unreadable.get(folder, []):
+            raise _unreadable(sid, fid, where, reason, index)
     return files, study_uids, sid
 
 
-def _convert_series(run: _Run, sid: str, where: str, files: list[_DicomFile]
+def _unreadable(sid: str, fid: str, where: str, reason: str, index: _DicomIndex) -> SampleError:
+    return SampleError(sid, fid, f"{where}: {scrub_message(reason, index.names)}; fix or remove it{_find(fid)}")
+
+
+def _find(fid: str) -> str:
+    """What to do with an opaque file id: the call that turns it back into the path, on this machine."""
+    return f" (radfm.data.importers.find_dicom_file(dicom_root, {fid!r}) gives its path)"
+
+
+def _convert_series(run: _Run, sid: str, where: str, files: list[_DicomFile], secrets: set[str]
                     ) -> tuple[list[tuple[str, DicomImage, np.ndarray]], list[dict[str, Any]]]:
     """Each series of the study (by SeriesNumber, then path) → (its output path, image, pixels to write) and
-    its ``meta.images`` entry."""
+    its ``meta.images`` entry. Each file's header, and the volume they stack into, is probed before any pixel
+    is read (when the reader has a header probe: else the pixel read below is the check)."""
     series: dict[str, list[_DicomFile]] = {}
     for f in files:
         series.setdefault(f.series_uid, []).append(f)
@@ -182,15 +223,19 @@ def _convert_series(run: _Run, sid: str, where: str, files: list[_DicomFile]
     converted: list[tuple[str, DicomImage, np.ndarray]] = []
     images_meta: list[dict[str, Any]] = []
     for j, group in enumerate(ordered):
+        if has_probe():
+            headers = [_probe(f.path, sid, f.fid, where, secrets, run.limits, _find(f.fid)) for f in group]
+            check_series(headers, sid, group[0].fid, where, run.limits)
         try:
             image = dicom_to_array([f.path for f in group], sid)
         except SampleError as err:
-            bad = next((f.rel for f in group if err.file and Path(err.file) == f.path), group[0].rel)
-            raise SampleError(sid, bad, f"{where}: cannot read the pixels: {_safe_message(err.reason, group)}"
-                              ) from None
+            bad = next((f.fid for f in group if err.file and Path(err.file) == f.path), group[0].fid)
+            raise SampleError(sid, bad, f"{where}: cannot read the pixels: "
+                                        f"{_safe_message(err.reason, group, secrets)}{_find(bad)}") from None
         except Exception as exc:  # a header that broke between the scan and the read
-            raise SampleError(sid, group[0].rel, f"{where}: cannot read the pixels ({type(exc).__name__}: "
-                                                 f"{_safe_message(str(exc), group)})") from None
+            raise SampleError(sid, group[0].fid, f"{where}: cannot read the pixels ({type(exc).__name__}: "
+                                                 f"{_safe_message(str(exc), group, secrets)}){_find(group[0].fid)}"
+                              ) from None
         meta = {"modality": image.modality, "spacing": [round(float(s), 6) for s in image.spacing],
                 "shape": list(image.array.shape)}
         if image.is_3d:
@@ -203,21 +248,54 @@ def _convert_series(run: _Run, sid: str, where: str, files: list[_DicomFile]
     return converted, images_meta
 
 
-def _write_converted(run: _Run, sid: str, where: str,
-                     converted: list[tuple[str, DicomImage, np.ndarray]]) -> None:
-    for rel, image, pixels in converted:
-        try:
-            if image.is_3d:
-                _write_nifti(pixels, run.out_root / rel, image.spacing)
-            else:
-                _write_png(pixels, run.out_root / rel)
-        except (OSError, ValueError, TypeError) as exc:
-            raise SampleError(sid, rel, f"{where}: could not write the converted image ({exc})") from None
+def _write_converted(run: _Run, sid: str, where: str, converted: list[tuple[str, DicomImage, np.ndarray]],
+                     secrets: set[str]) -> None:
+    """Write each converted image, then probe it as training will read it; a row that fails leaves none of
+    its files behind (rows out are exactly the samples whose images are there)."""
+    written: list[Path] = []
+    try:
+        for rel, image, pixels in converted:
+            dest = run.out_root / rel
+            written.append(dest)
+            try:
+                if image.is_3d:
+                    _write_nifti(pixels, dest, image.spacing)
+                else:
+                    _write_png(pixels, dest)
+            except (OSError, ValueError, TypeError) as exc:
+                raise SampleError(sid, rel, f"{where}: could not write the converted image "
+                                            f"({scrub_message(str(exc), secrets)})") from None
+            _probe(dest, sid, rel, where, secrets, run.limits)
+    except SampleError:
+        for dest in written:
+            dest.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # the sample's own folder, if nothing else is in it
+            (run.out_root / converted[0][0]).parent.rmdir()
+        raise
 
 
-def _safe_message(msg: str, group: list[_DicomFile]) -> str:
-    """A reader's message with input paths made relative and the patient's identifiers scrubbed."""
-    msg = (msg.splitlines()[0] if msg else "")[:300]
-    for f in group:
-        msg = msg.replace(str(f.path), f.rel)
-    return scrub(msg, set().union(*(f.terms for f in group)))
+def _probe(path: Path, sid: str, shown: str, where: str, secrets: set[str], limits: Any, hint: str = "") -> Any:
+    """:func:`.probe.check_image`, its reason made safe (it may quote the path it was given)."""
+    try:
+        return check_image(path, sid, shown, where, limits)
+    except SampleError as err:
+        raise SampleError(sid, shown, _safe_message(err.reason, [], secrets, {str(path): shown}) + hint) from None
+
+
+def _safe_message(msg: str, group: list[_DicomFile], secrets: set[str], paths: dict[str, str] | None = None
+                  ) -> str:
+    """A reader's message with input paths replaced by their file ids and every identifier and file or folder
+    name scrubbed (:func:`.deid.scrub_message`)."""
+    spelled = dict(paths or {})
+    for f in group:  # the resolved path and the path under the DICOM folder
+        spelled.update({str(f.path): f.fid, f.rel: f.fid})
+    # Paths become placeholders first, so scrubbing cannot touch the ids that replace them.
+    ids = []
+    for i, (path, shown) in enumerate(sorted(spelled.items(), key=lambda kv: len(kv[0]), reverse=True)):
+        if path in msg:
+            msg = msg.replace(path, f"\x00{i}\x00")
+            ids.append((f"\x00{i}\x00", shown))
+    msg = scrub_message(msg, secrets)
+    for mark, shown in ids:
+        msg = msg.replace(mark, shown)
+    return msg

@@ -1,6 +1,7 @@
 """Bookkeeping shared by the importers: split assignment, slugs, list columns, the run that counts rows in,
-samples out and rejects (and writes the manifest, its question profile and the quarantine report), and placing
-files under the output root (copies, hard links, PNG and NIfTI)."""
+samples out and rejects (and writes the manifest, its question profile and the quarantine report), and writing
+converted pixels under the output root (PNG and NIfTI). Copying the user's files, checked by resolved path,
+is :mod:`.containment`."""
 
 from __future__ import annotations
 
@@ -8,9 +9,7 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import re
-import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -84,6 +83,7 @@ class _Run:
         self.ids: set[str] = set()
         self.rows_in = 0
         self.rows_out = 0
+        self.limits: Any = None  # the readers' ImageLimits for the probes at ingest (None: the defaults)
 
     def row(self, fn: Callable[[], list[Sample]]) -> None:
         """Run one input row; its samples are kept, or its SampleError raised / quarantined."""
@@ -127,37 +127,17 @@ class _Run:
 # ----------------------------------------------------------------------------------------------- files
 
 
-def _inside(root: Path, path: Path) -> bool:
-    root_s, path_s = os.path.abspath(root), os.path.abspath(path)
-    return path_s == root_s or path_s.startswith(root_s.rstrip(os.sep) + os.sep)
-
-
-def _place(src: Path, dest: Path, link: bool) -> None:
+def _fresh(dest: Path) -> None:
+    """Make room for a new file at ``dest``: a link left there is removed, never written through."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    if src.is_dir():
-        shutil.copytree(src, dest, dirs_exist_ok=True, copy_function=_link_or_copy if link else shutil.copy2)
-        return
-    if dest.exists() or dest.is_symlink():
+    if dest.is_symlink():
         dest.unlink()
-    if link:
-        _link_or_copy(src, dest)
-    else:
-        shutil.copy2(src, dest)
-
-
-def _link_or_copy(src: Any, dest: Any) -> None:
-    try:
-        if os.path.lexists(dest):
-            os.unlink(dest)
-        os.link(src, dest)
-    except OSError:  # another file system, or links not allowed: a copy is as good
-        shutil.copy2(src, dest)
 
 
 def _write_png(arr: np.ndarray, dest: Path) -> None:
     from PIL import Image
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    _fresh(dest)
     Image.fromarray(arr).save(dest, format="PNG")
 
 
@@ -165,7 +145,7 @@ def _write_nifti(arr: np.ndarray, dest: Path, spacing: Sequence[float]) -> None:
     """``arr`` is H×W×D; the affine carries the voxel spacing and nothing about the patient's position."""
     import nibabel as nib
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    _fresh(dest)
     img = nib.Nifti1Image(np.ascontiguousarray(arr), affine=np.diag([*map(float, spacing), 1.0]))
     img.header.set_xyzt_units("mm")
     nib.save(img, str(dest))

@@ -14,7 +14,8 @@ from PIL import Image
 
 from radfm.data import prompts
 from radfm.data.errors import SampleError
-from radfm.data.importers import ingest_dicom_folder, scrub
+from radfm.data.importers import find_dicom_file, ingest_dicom_folder, scrub
+from radfm.data.importers.deid import file_id
 
 SECRETS = ("Doe", "Jane", "SECRET123", "ACC777", "19700101", "Elsewhere", "House", "Gregory")
 
@@ -179,14 +180,17 @@ def test_dicom_unreadable_file_and_unmatched_row(tmp_path: Path) -> None:
     )
     with pytest.raises(SampleError) as err:
         ingest_dicom_folder(root, tmp_path / "reports.csv", tmp_path / "out", salt="s")
-    assert err.value.file == "study_bad/broken.dcm" and err.value.sample_id.startswith("dicom-")
+    # Files are named by their opaque id (input names may hold identifiers); find_dicom_file maps it back.
+    assert err.value.file == file_id("study_bad/broken.dcm", "s") and err.value.sample_id.startswith("dicom-")
+    assert find_dicom_file(root, err.value.file, salt="s") == str(root / "study_bad" / "broken.dcm")
     assert "reports.csv row 3" in err.value.reason and "not a readable DICOM" in err.value.reason
+    assert "study_bad" not in str(err.value) and "broken" not in str(err.value)
 
     samples, quarantine = ingest_dicom_folder(root, tmp_path / "reports.csv", tmp_path / "out", salt="s",
                                               on_error="quarantine")
     assert len(samples) == 1 and len(samples) + len(quarantine) == 4
     files = [r.file for r in quarantine.items]
-    assert files == ["study_bad/broken.dcm", "reports.csv", "study_trunc/image.dcm"]
+    assert files == [file_id("study_bad/broken.dcm", "s"), "reports.csv", file_id("study_trunc/image.dcm", "s")]
     assert "cannot read the pixels" in quarantine.items[2].reason and "corrupt" in quarantine.items[2].reason
     assert "row 4" in quarantine.items[1].reason and "study_none" not in quarantine.items[1].reason
 

@@ -59,11 +59,13 @@ def test_table_csv_copies_images_infers_kind_and_templates_reports(tmp_path: Pat
 def test_table_jsonl_with_splits_kinds_links_and_task(tmp_path: Path) -> None:
     src = tmp_path / "src"
     _png(src / "x.png")
-    (src / "scan.bin").write_bytes(_png(src / "tmp.png").read_bytes())  # a suffix nobody knows: kind is given
+    # A DICOM file named by its UID (no suffix): the reader knows it by content, the kind column says 2d.
+    pydicom_data = pytest.importorskip("pydicom.data")
+    (src / "scan").write_bytes(Path(pydicom_data.get_testdata_file("CT_small.dcm")).read_bytes())
     rows = [
         {"id": "j1", "images": [{"path": "x.png", "position": 0}], "question": "Modality?", "answer": "X-ray",
          "split": "validation", "site": "A", "patient_name": "Doe^Jane"},
-        {"id": "j2", "image": "scan.bin", "kind": "2d", "question": "Q?", "answer": "A.", "split": "test"},
+        {"id": "j2", "image": "scan", "kind": "2d", "question": "Q?", "answer": "A.", "split": "test"},
     ]
     (src / "t.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
     samples, _ = ingest_table(src / "t.jsonl", tmp_path / "out", task="modality", source="mine", link=True,
@@ -101,7 +103,7 @@ def test_table_bad_rows_name_sample_and_file_and_quarantine_adds_up(tmp_path: Pa
     by_id = {r.sample_id: r for r in quarantine.items}
     assert set(by_id) == {"missing", "schema", "escape", "noanswer", "good"}
     assert "task" in by_id["schema"].reason and by_id["schema"].file == "images/bad/ok.png"
-    assert "leaves the image root" in by_id["escape"].reason
+    assert "resolves outside the image root" in by_id["escape"].reason
     assert "answer" in by_id["noanswer"].reason
     assert "duplicate" in by_id["good"].reason
     report = out / "manifest.quarantine.jsonl"
