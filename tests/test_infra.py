@@ -1,6 +1,7 @@
-"""infra/ cannot run here (no Docker, no Kubernetes): these tests parse the compose file, the Kubernetes
-manifests and the Dockerfiles and check they agree with the code — image tags with constraints.txt, ports
-with radfm.services, env names with what radfm reads, a health check on every long-running service."""
+"""infra/ cannot run here (no Docker, no Kubernetes): these tests parse the compose file, the Caddyfile, the
+Kubernetes manifests and the Dockerfiles and check they agree with the code — image tags with constraints.txt,
+ports with radfm.services, env names with what radfm reads, a health check on every long-running service — and
+that the team server exposes nothing without TLS and a login, with every secret from infra/.env."""
 
 from __future__ import annotations
 
@@ -19,6 +20,13 @@ ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
 # Where each local service lives in infra/compose.yaml.
 COMPOSE_OF = {"mlflow": "mlflow", "prefect": "prefect-server", "ray": "ray-head", "s3": "minio"}
+# The local services the team server publishes (through the proxy); Ray has no login, so it publishes nothing.
+PUBLISHED = ("mlflow", "prefect", "s3")
+PROXY = "proxy"
+# An environment variable that holds a secret, by its name.
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|AUTH_STRING|TOKEN|ACCESS_KEY")
+# The whole value is one reference to infra/.env that refuses to start when the variable is unset.
+ENV_REF = re.compile(r"\$\{\w+:\?[^}]*\}")
 # What every radfm process of the team server needs: the variables `client_env` emits, less the two that only
 # matter on one machine (a loopback Ray node, and botocore tools outside radfm).
 CLIENT_VARS = {"MLFLOW_TRACKING_URI", "PREFECT_API_URL", "RAY_ADDRESS", "RADFM_S3_ENDPOINT_URL",
@@ -94,6 +102,40 @@ def _dockerfile_images() -> dict[str, list[str]]:
     return result
 
 
+def _caddy_sites() -> dict[int, str]:
+    """Container port → the body of its site block in infra/proxy/Caddyfile (snippets expanded)."""
+    text = (INFRA / "proxy" / "Caddyfile").read_text()
+    blocks: dict[str, str] = {}
+    depth, head, body = 0, "", []
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if depth == 0 and line.endswith("{"):  # a block opens: global options "", a snippet "(x)" or a site
+            head, body = line[:-1].strip(), []
+        elif not (depth == 1 and line == "}"):
+            body.append(line)
+        depth += line.count("{") - line.count("}")  # "{$VAR}" placeholders count zero
+        if depth == 0 and head:
+            blocks[head] = "\n".join(body)
+            head = ""
+    snippets = {h[1:-1]: b for h, b in blocks.items() if h.startswith("(")}
+    sites = {}
+    for address, body in blocks.items():
+        if m := re.fullmatch(r"https://\{\$RADFM_SERVER_NAME\}:(\d+)", address):
+            sites[int(m[1])] = re.sub(r"import (\S+)", lambda i: snippets[i[1]], body)
+    return sites
+
+
+def _published(service: dict[str, Any]) -> list[tuple[str, int]]:
+    """(host part, container port) of each ``ports`` entry."""
+    result = []
+    for entry in service.get("ports") or []:
+        host, _, container = str(entry).rpartition(":")
+        result.append((host, int(container.split("/")[0])))
+    return result
+
+
 def _check_image_tag(image: str) -> None:
     name, _, tag = image.rpartition(":")
     assert name and "/" not in tag, f"{image}: no explicit tag"
@@ -115,7 +157,7 @@ def test_every_image_is_pinned_and_matches_constraints(compose, k8s) -> None:
     for image in images:
         _check_image_tag(image)
     repos = {i.rpartition(":")[0].split("/")[-1] for i in images}
-    assert {"mlflow", "prefect", "ray", "postgres", "minio", "mc"} <= repos
+    assert {"mlflow", "prefect", "ray", "postgres", "minio", "mc", "caddy"} <= repos
 
 
 def test_dockerfiles_start_from_the_pinned_versions() -> None:
@@ -145,11 +187,46 @@ def test_built_images_are_tagged_with_their_version(compose) -> None:
 @pytest.mark.parametrize("name", list(SERVICES))
 def test_compose_ports_use_the_local_port_variables_and_defaults(compose, name) -> None:
     spec = SERVICES[name]
-    ports = compose["services"][COMPOSE_OF[name]]["ports"]
-    expected = f"${{{spec.port_env}:-{spec.default_port}}}:{spec.default_port}"
-    assert expected in ports, f"{COMPOSE_OF[name]} should publish {expected} (radfm/services/specs.py)"
     example = (INFRA / "env.example").read_text()
     assert f"{spec.port_env}={spec.default_port}" in example
+    target = compose["services"][COMPOSE_OF[name]]
+    assert not target.get("ports"), f"{COMPOSE_OF[name]} publishes ports of its own: only the proxy may"
+    ports = compose["services"][PROXY]["ports"]
+    expected = f"${{{spec.port_env}:-{spec.default_port}}}:{spec.default_port}"
+    if name not in PUBLISHED:
+        assert not any(str(p).endswith(f":{spec.default_port}") for p in ports), f"{name} has no login"
+        return
+    assert expected in ports, f"the proxy should publish {expected} (radfm/services/specs.py)"
+    # ...and that port of the proxy leads to this service, at the port the service listens on in the network.
+    site = _caddy_sites()[spec.default_port]
+    assert f"reverse_proxy {COMPOSE_OF[name]}:{spec.default_port}" in site
+
+
+def test_every_published_port_goes_through_the_tls_proxy(compose) -> None:
+    services = compose["services"]
+    for name, svc in services.items():
+        assert svc.get("network_mode") != "host", f"{name} shares the host's network: its ports bypass the proxy"
+        if name != PROXY:
+            assert not svc.get("ports"), f"{name} publishes {svc['ports']}: publish it through the proxy"
+    proxy = services[PROXY]
+    assert proxy["image"].startswith("caddy:")
+    sites = _caddy_sites()
+    published = _published(proxy)
+    assert published and {port for _, port in published} == set(sites), "a published port without a site"
+    for port, site in sites.items():
+        # TLS from the operator's files (no plain-HTTP site, no certificate fetched from the internet)...
+        assert "tls /certs/tls.crt /certs/tls.key" in site, f"site :{port} serves no operator certificate"
+        # ...to a service of this file.
+        upstream = re.search(r"reverse_proxy (\S+):\d+", site)
+        assert upstream and upstream[1] in services, f"site :{port} proxies to no service"
+    mounts = {str(v).rsplit(":", 2)[1]: str(v).rsplit(":", 2)[0] for v in proxy["volumes"] if ":" in str(v)}
+    assert ENV_REF.fullmatch(mounts["/certs/tls.crt"]) and "RADFM_TLS_CERT" in mounts["/certs/tls.crt"]
+    assert ENV_REF.fullmatch(mounts["/certs/tls.key"]) and "RADFM_TLS_KEY" in mounts["/certs/tls.key"]
+    assert mounts["/etc/caddy/Caddyfile"] == "./proxy/Caddyfile"
+    assert _env(proxy)["RADFM_SERVER_NAME"].startswith("${RADFM_SERVER_NAME:?")
+    # The proxy starts once what it fronts answers.
+    upstreams = {re.search(r"reverse_proxy (\S+):", s)[1] for s in sites.values()}
+    assert upstreams <= set(proxy["depends_on"])
 
 
 def test_local_readme_documents_every_port(compose) -> None:
@@ -223,13 +300,70 @@ def test_secrets_come_from_the_env_file_only(compose) -> None:
     text = (INFRA / "compose.yaml").read_text()
     used = set(re.findall(r"\$\{(\w+)", text))
     example = (INFRA / "env.example").read_text()
-    defined = set(re.findall(r"^(\w+)=", example, re.M))
-    assert used <= defined, f"not in infra/env.example: {sorted(used - defined)}"
-    for service in compose["services"].values():
-        for key, value in _env(service).items():
-            if "PASSWORD" in key or "SECRET" in key:
-                assert value.startswith("${") and ":?" in value, f"{key} must come from infra/.env"
-    assert ".env" in (INFRA / ".gitignore").read_text().split()
+    defined = dict(re.findall(r"^(\w+)=(.*)$", example, re.M))
+    assert used <= set(defined), f"not in infra/env.example: {sorted(used - set(defined))}"
+    envs = {name: _env(svc) for name, svc in compose["services"].items()}
+    envs["x-radfm-client-env"] = {k: str(v) for k, v in compose["x-radfm-client-env"].items()}
+    secrets = set()
+    for name, env in envs.items():
+        for key, value in env.items():
+            if SECRET_NAME.search(key):
+                assert ENV_REF.fullmatch(value), f"{name}: {key}={value!r} must be one ${{VAR:?…}} from infra/.env"
+                secrets.add(re.match(r"\$\{(\w+)", value)[1])
+            # A URL's password (a database URI) is a reference too, never a literal.
+            for userinfo in re.findall(r"://[^/@\s]*:([^/@\s]*)@", value):
+                assert ENV_REF.fullmatch(userinfo), f"{name}: {key} has a literal password in its URL"
+    # Commands carry no secret either, and the example file carries only placeholders.
+    for name, svc in compose["services"].items():
+        command = " ".join(svc.get("command") or []) if isinstance(svc.get("command"), list) else svc.get("command")
+        assert not re.search(r"(password|secret|token)[= ]+[^$\s\"]", command or "", re.I), name
+    assert {"POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY",
+            "PREFECT_AUTH_STRING"} <= secrets
+    for var in secrets - {"MINIO_ROOT_USER", "MLFLOW_ADMIN_USERNAME"}:
+        assert "change-me" in defined[var], f"infra/env.example must hold a placeholder for {var}"
+    ignored = (INFRA / ".gitignore").read_text().split()
+    assert ".env" in ignored and "tls/" in ignored
+
+
+def test_mlflow_runs_basic_auth_with_credentials_from_the_env_file(compose) -> None:
+    svc = compose["services"]["mlflow"]
+    env = _env(svc)
+    command = " ".join(svc["command"])
+    assert "mlflow server --app-name basic-auth" in command
+    for key in ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        assert ENV_REF.fullmatch(env[key]), f"{key} must come from infra/.env"
+    # The auth config is a mounted file of this repository, with no credentials in it, and its user database
+    # lives on a volume (users outlive the container).
+    mounts = {str(v).split(":")[1]: str(v).split(":")[0] for v in svc["volumes"]}
+    ini_path = mounts[env["MLFLOW_AUTH_CONFIG_PATH"]]
+    ini = (INFRA / ini_path).read_text()
+    assert not re.search(r"^\s*admin_(password|username)\s*=", ini, re.M)
+    db = re.search(r"^database_uri = sqlite:///(/\S+)/basic_auth.db$", ini, re.M)
+    assert db and mounts[db[1]] in compose["volumes"]
+    assert '"Flask-WTF==' in (INFRA / "images" / "mlflow.Dockerfile").read_text()  # mlflow[auth]
+    # Host header and CORS: the server's own name only, never "*".
+    assert "--allowed-hosts \"$$ALLOWED_HOSTS\"" in command and "--cors-allowed-origins \"$$CORS_ORIGINS\"" in command
+    assert "*" not in env["CORS_ORIGINS"] and not env["ALLOWED_HOSTS"].startswith("*")
+    # Every radfm process that talks to MLflow signs in.
+    for name in ("prefect-worker", "ray-head", "ray-worker"):
+        client = _env(compose["services"][name])
+        assert client["MLFLOW_TRACKING_USERNAME"] == env["MLFLOW_AUTH_ADMIN_USERNAME"], name
+        assert client["MLFLOW_TRACKING_PASSWORD"] == env["MLFLOW_AUTH_ADMIN_PASSWORD"], name
+
+
+def test_prefect_server_and_clients_share_the_auth_string(compose) -> None:
+    services = compose["services"]
+    server = _env(services["prefect-server"])
+    auth = server["PREFECT_SERVER_API_AUTH_STRING"]
+    assert ENV_REF.fullmatch(auth)
+    clients = {name: _env(svc) for name, svc in services.items() if "PREFECT_API_URL" in _env(svc)}
+    assert "prefect-worker" in clients
+    for name, env in clients.items():
+        assert env.get("PREFECT_API_AUTH_STRING") == auth, f"{name} calls the Prefect API without its auth string"
+    assert compose["x-radfm-client-env"]["PREFECT_API_AUTH_STRING"] == auth
+    # The UI calls the API through the proxy, and no other origin may.
+    assert server["PREFECT_UI_API_URL"].startswith("https://")
+    assert server["PREFECT_SERVER_CORS_ALLOWED_ORIGINS"] == server["PREFECT_UI_API_URL"].removesuffix("/api")
 
 
 # ---- health checks -------------------------------------------------------------------------------------

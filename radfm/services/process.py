@@ -20,6 +20,9 @@ from pathlib import Path
 import psutil
 
 HOST = "127.0.0.1"
+# The names a browser on this machine may use for a local service (Host header, origin); a DNS-rebinding page
+# always brings a name of its own, so the web services answer to these alone.
+LOOPBACK_NAMES = (HOST, "localhost")
 # psutil rounds create_time; two readings of one process agree to well within this.
 _CREATE_TIME_SLACK_S = 0.05
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from radfm.services.process import HOST, free_port, tcp_open
+from radfm.services.process import HOST, LOOPBACK_NAMES, free_port, tcp_open
 
 # Dummy credentials the moto S3 API accepts (it checks nothing); real ones are never needed locally.
 S3_DUMMY_CREDENTIALS = {
@@ -112,9 +112,13 @@ class Mlflow(Service):
     def launch(self, port: int, workdir: Path) -> Launch:
         backend = os.environ.get("RADFM_MLFLOW_BACKEND_URI") or f"sqlite:///{workdir / 'mlflow.db'}"
         # --serve-artifacts: clients upload through the server, so they need no access to the artifact dir.
+        # --allowed-hosts: only this server's own names (MLflow's default also admits every private IP) so a page
+        # reaching it through DNS rebinding gets 403; --cors-allowed-origins: only its own UI. MLflow always
+        # admits http://localhost:* and 127.0.0.1:* origins on top (mlflow.server.fastapi_security).
         cmd = [sys.executable, "-m", "mlflow", "server", "--host", HOST, "--port", str(port), "--workers", "1",
                "--backend-store-uri", backend, "--artifacts-destination", str(workdir / "artifacts"),
-               "--serve-artifacts"]
+               "--serve-artifacts", "--allowed-hosts", ",".join(f"{h}:{port}" for h in LOOPBACK_NAMES),
+               "--cors-allowed-origins", ",".join(own_origins(port))]
         # The job runner starts a Huey consumer per worker; off, one worker stays at ~0.5 GB.
         return Launch(cmd, {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
 
@@ -126,7 +130,7 @@ class Mlflow(Service):
 
 
 class Prefect(Service):
-    """``prefect server start``: the orchestration API and its UI, SQLite under the service dir."""
+    """Prefect's server (the orchestration API and its UI), SQLite under the service dir, behind a Host check."""
 
     name = "prefect"
     title = "Prefect server (API + UI)"
@@ -134,9 +138,12 @@ class Prefect(Service):
     default_port = 4200
 
     def launch(self, port: int, workdir: Path) -> Launch:
-        cmd = [console_script("prefect"), "server", "start", "--host", HOST, "--port", str(port)]
+        # `prefect server start` has no Host check: radfm.services.prefect_server runs the same app behind one.
+        cmd = [sys.executable, "-m", "radfm.services.prefect_server", "--port", str(port)]
         env = {"PREFECT_HOME": str(workdir), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-               "PREFECT_UI_ENABLED": "true", "PREFECT_UI_API_URL": f"{self.url(port)}/api"}
+               "PREFECT_UI_ENABLED": "true", "PREFECT_UI_API_URL": f"{self.url(port)}/api",
+               # Prefect's default is "*": any web page could read the API's answers from a browser.
+               "PREFECT_SERVER_CORS_ALLOWED_ORIGINS": ",".join(own_origins(port))}
         return Launch(cmd, env)
 
     def healthy(self, port: int, workdir: Path) -> bool:
@@ -205,7 +212,9 @@ class S3(Service):
     grace_s = 5.0
 
     def launch(self, port: int, workdir: Path) -> Launch:
-        return Launch([sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(port)])
+        # moto answers every origin with Access-Control-Allow-Origin: * unless this is set.
+        return Launch([sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(port)],
+                      {"MOTO_DISABLE_GLOBAL_CORS": "true"})
 
     def healthy(self, port: int, workdir: Path) -> bool:
         # moto answers ListBuckets at / without checking the signature.
@@ -215,6 +224,11 @@ class S3(Service):
         # RADFM_S3_ENDPOINT_URL is what radfm.data.versioning reads first; AWS_ENDPOINT_URL_S3 points botocore
         # tools that know nothing of radfm (aws cli, dvc, s3fs) at the same server.
         return {"RADFM_S3_ENDPOINT_URL": url, "AWS_ENDPOINT_URL_S3": url, **S3_DUMMY_CREDENTIALS}
+
+
+def own_origins(port: int) -> list[str]:
+    """The browser origins of a local web service on ``port``: its own UI, under either loopback name."""
+    return [f"http://{name}:{port}" for name in LOOPBACK_NAMES]
 
 
 def _short_dir(path: Path) -> tuple[Path, Path | None]:

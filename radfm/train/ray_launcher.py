@@ -61,8 +61,12 @@ def start_local_ray(num_cpus: int | None = None) -> None:
     # "local", not None: None would join any `ray start` instance on this machine (another user's, on a
     # shared box). Without the dashboard Ray's state API is absent and Ray Train's placement-group cleaner
     # warns about it every second, hence the ERROR level for Ray's own processes; errors reach the driver.
+    # _node_ip_address pins every Ray port to loopback even if the env var above is overridden; the setup hook
+    # (radfm/services/loopback.py) keeps torch's rendezvous store of Ray Train's rank 0 there too.
     ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-             configure_logging=False, logging_config=ray.LoggingConfig(log_level="ERROR"))
+             configure_logging=False, logging_config=ray.LoggingConfig(log_level="ERROR"),
+             _node_ip_address="127.0.0.1",
+             runtime_env={"worker_process_setup_hook": "radfm.services.loopback.loopback_torch_store"})
 
 
 def connect_ray(rcfg: DictConfig, needed_cpus: float) -> bool:
@@ -78,7 +82,10 @@ def connect_ray(rcfg: DictConfig, needed_cpus: float) -> bool:
             # Without it a driver joining a loopback head picks the machine's network IP as its own node address
             # and waits forever for a node that never appears (seen with `radfm services up`'s Ray head).
             os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        ray.init(address=address, configure_logging=False)
+        # A loopback head (`radfm services up`) gets the same loopback torch store as a local Ray.
+        ray.init(address=address, configure_logging=False,
+                 runtime_env={"worker_process_setup_hook": "radfm.services.loopback.loopback_torch_store"}
+                 if address.split(":")[0] in ("127.0.0.1", "localhost") else None)
         return True
     cpus = int(rcfg.get("local_num_cpus") or os.cpu_count() or 1)
     if needed_cpus > cpus:
