@@ -174,10 +174,35 @@ def preload_imports(modules: tuple[str, ...] = PRELOAD) -> threading.Thread:
     return thread
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m flows.pipeline [--refresh] [--no-promote] [--gate G] [OVERRIDE …]``."""
-    import os
+def quiet_console_tracebacks() -> None:
+    """Keep tracebacks out of the terminal: Prefect logs a failed task's and flow's traceback on the console
+    (three times for one error); the run's logs in the Prefect API keep them, and ``--debug`` shows them here."""
+    import logging
 
+    class NoTraceback(logging.Formatter):
+        def __init__(self, inner: logging.Formatter | None) -> None:
+            super().__init__()
+            self.inner = inner or logging.Formatter()
+
+        def format(self, record: logging.LogRecord) -> str:
+            if record.exc_info or record.exc_text or record.stack_info:
+                # a copy: the same record goes on to other handlers (the API's) with its traceback
+                record = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None,
+                                                "stack_info": None})
+            return self.inner.format(record)
+
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    loggers = [logging.getLogger(), *(logging.getLogger(name) for name in ("prefect", "prefect.flow_runs",
+                                                                          "prefect.task_runs"))]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if isinstance(handler, PrefectConsoleHandler) and not isinstance(handler.formatter, NoTraceback):
+                handler.setFormatter(NoTraceback(handler.formatter))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line of ``python -m flows.pipeline`` (and of ``radfm pipeline`` / ``radfm demo``)."""
     parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides (default: experiment=demo_tiny)")
     parser.add_argument("--refresh", action="store_true", help="recompute cached stages")
@@ -193,7 +218,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-target", default="data", help="DVC-tracked folder holding manifest.jsonl")
     parser.add_argument("--data-version", default=None, help="fail unless the pulled data has this md5")
     parser.add_argument("--json", default=None, help="also write the run's result (timings, RadBench) here")
-    args = parser.parse_args(argv)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error, in Prefect's logs "
+                        "too (also RADFM_DEBUG=1); without it a known error is one line, exit 2")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m flows.pipeline [--refresh] [--no-promote] [--gate G] [--debug] [OVERRIDE …]`` → exit code: 0
+    done, 2 a refused gate or a known error (one line on stderr), 1 a bug (its traceback)."""
+    from radfm.cli_errors import debug_enabled, run_guarded
+
+    args = parse_args(argv)
+    debug = debug_enabled(args.debug)
+    if not debug:
+        quiet_console_tracebacks()
+    return run_guarded("radfm pipeline", lambda: run_command(args), debug)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run the flow for parsed ``args``, print its summary and where to look → exit code (2: the gate refused)."""
+    import os
+
     params = PipelineParams(overrides=args.overrides or ["experiment=demo_tiny"], refresh=args.refresh,
                             gate=args.gate, registry=not args.no_register, promote=not args.no_promote,
                             eval=EvalSpec(limit=args.eval_limit), data=DataSpec(kind=args.data_kind, repo=args.data_repo, target=args.data_target,

@@ -1,4 +1,9 @@
-"""The ``radfm`` command: one sub-command per job."""
+"""The ``radfm`` command: one sub-command per job.
+
+A known error (a bad sample, a missing file, a registry that cannot do it, a bad config …) is one line on stderr,
+``radfm <command>: error: …``, and exit code 2; ``--debug`` (or ``RADFM_DEBUG=1``) shows its traceback. An
+unexpected exception is a bug: its traceback, exit code 1 (:mod:`radfm.cli_errors`).
+"""
 
 from __future__ import annotations
 
@@ -6,15 +11,20 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from radfm.cli_errors import DEBUG_ENV, debug_enabled, report, run_guarded
+
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _flows_module(module: str, argv: Sequence[str]) -> int:
+def _flows_module(module: str, argv: Sequence[str], debug: bool = False) -> int:
     """Run ``python -m flows.<module> …``: the library never imports flows/ (the dependency points the other way),
-    so the CLI hands over to a child process."""
+    so the CLI hands over to a child process (which reports its own errors the same way; ``--debug`` reaches it
+    as ``RADFM_DEBUG=1``)."""
+    import os
     import subprocess
 
-    return subprocess.call([sys.executable, "-m", f"flows.{module}", *argv])
+    env = {**os.environ, DEBUG_ENV: "1"} if debug else None
+    return subprocess.call([sys.executable, "-m", f"flows.{module}", *argv], env=env)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -29,7 +39,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _flows(args: argparse.Namespace) -> int:
-    return _flows_module("serve", [args.action, *sum((["--only", o] for o in args.only or []), [])])
+    return _flows_module("serve", [args.action, *sum((["--only", o] for o in args.only or []), [])], args.debug)
 
 
 def _model_info(args: argparse.Namespace) -> int:
@@ -78,8 +88,8 @@ def _ingest(args: argparse.Namespace) -> int:
             samples, quarantine = importers.ingest_dicom_folder(args.source, args.reports, args.out, **common)
         profile = load_profile(manifest)
     except (OSError, ValueError) as exc:  # SampleError is a ValueError: it names the sample, file and reason
-        print(f"radfm ingest {args.kind}: {exc}", file=sys.stderr)
-        return 2
+        # Every ValueError here is about the user's table or files (pandas' EmptyDataError included): one line.
+        return report("radfm ingest", exc, args.debug, known=True)
     print(f"{len(samples)} samples written under {args.out} ({manifest.name}); {len(quarantine)} quarantined")
     if profile is not None:
         print(f"question profile: {profile_path(manifest)} ({summary(profile)}); `radfm validate {args.out}` "
@@ -145,10 +155,12 @@ def _promote(args: argparse.Namespace) -> int:
         if args.gate:
             text = Path(args.gate).read_text()
             gate = Gate.from_dict(json.loads(text) if args.gate.endswith(".json") else yaml.safe_load(text))
-        decision = promote(args.name, version=args.version, gate=gate, tracking_uri=default_tracking_uri())
+        uri = default_tracking_uri()
+        _require_registry(uri)
+        decision = promote(args.name, version=args.version, gate=gate, tracking_uri=uri)
     except (MissingMetricsError, RegistryError, ConnectionError, ValueError, OSError, yaml.YAMLError) as exc:
-        print(f"radfm promote: {exc}", file=sys.stderr)
-        return 2
+        # a gate file that does not parse or names an unknown field is the user's input, as is a version number
+        return report("radfm promote", exc, args.debug, known=True)
     if decision.refused:
         # One line, exit 2: the decision (and which families failed) is recorded on the version in the registry.
         print(f"radfm promote: REFUSED {args.name} version {decision.version} "
@@ -158,12 +170,32 @@ def _promote(args: argparse.Namespace) -> int:
     return 0
 
 
+def _require_registry(uri: str) -> None:
+    """Refuse a SQLite tracking store that does not exist: MLflow would create an empty one (logging its table
+    migrations) and then report the model as unknown, which hides the real problem."""
+    from pathlib import Path
+
+    from radfm.registry.registry import RegistryError
+
+    if not uri.startswith("sqlite:///") or ":memory:" in uri:
+        return
+    path = Path(uri.removeprefix("sqlite:///"))
+    if not path.is_file():
+        raise RegistryError(f"no MLflow registry at {path}: register a model first (`radfm register --checkpoint "
+                            "DIR --radbench DIR`), or set MLFLOW_TRACKING_URI to the tracking server that holds it")
+
+
 def _predict(args: argparse.Namespace) -> int:
-    from radfm.registry.inference import predict
+    from radfm.registry.inference import check_inputs, predict
     from radfm.registry.registry import default_tracking_uri
 
-    print(predict(args.model, args.prompt, args.image, max_new_tokens=args.max_new_tokens,
-                  tracking_uri=default_tracking_uri()))
+    # The inputs first (milliseconds: prompt, max_new_tokens, image count and headers), then the registry; the
+    # context is checked by the model itself before it does any work.
+    images = check_inputs(args.prompt, args.image, args.max_new_tokens)
+    uri = default_tracking_uri()
+    if args.model.startswith(("models:/", "runs:/")):
+        _require_registry(uri)
+    print(predict(args.model, args.prompt, images, max_new_tokens=args.max_new_tokens, tracking_uri=uri))
     return 0
 
 
@@ -180,7 +212,9 @@ def _services(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="radfm", description=__doc__)
+    parser = argparse.ArgumentParser(prog="radfm", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (also RADFM_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="the main job on the embedded default: the radfm-pipeline flow on MedMD-synth")
@@ -234,11 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "baselines, min_family_rows); refused: exit 2")
     p.set_defaults(func=_promote)
 
-    p = sub.add_parser("predict", help="answer a prompt about one or more images with a registered model")
+    p = sub.add_parser("predict", help="answer a prompt about one or more images with a registered model (limits: "
+                       "the model's context, RADFM_MAX_IMAGES images (16), the readers' image size limits)")
     p.add_argument("--model", default="models:/radfm@champion")
     p.add_argument("--prompt", required=True)
     p.add_argument("--image", action="append", default=[], help="an image or scan (repeatable)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, default=64, help="at most the model's context minus the prompt")
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("synth", help="generate MedMD-synth (see `radfm synth --help`)", add_help=False)
@@ -278,34 +313,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["up", "down", "status"])
     p.add_argument("--only", default=None, help="comma list of mlflow,prefect,ray,s3 (default: all)")
     p.set_defaults(func=_services)
+    for name, p in sub.choices.items():
+        if name not in ("pipeline", "synth"):  # the hand-offs keep their own command line
+            # also after the sub-command; SUPPRESS keeps the sub-parser's default from undoing `radfm --debug …`
+            p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``radfm`` command line → its exit code (0 done, 2 a known error or a refused gate, 1 a bug)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = False
+    while argv[:1] == ["--debug"]:  # the global flag, before the sub-command
+        debug = True
+        argv.pop(0)
+    debug = debug_enabled(debug)
+    prog = f"radfm {argv[0]}" if argv and not argv[0].startswith("-") else "radfm"
     if argv[:1] == ["synth"]:
         # MedMD-synth owns its own argument parser: hand it everything after the sub-command.
         from radfm.data import synth
 
-        return int(synth.main(argv[1:]) or 0)
+        return run_guarded(prog, lambda: synth.main(argv[1:]), debug)
     if argv[:1] == ["demo"] and "--quick" not in argv and not {"-h", "--help"} & set(argv):
         # The main job: the pipeline flow on the embedded default (its parser takes --refresh, overrides …).
-        return _flows_module("pipeline", argv[1:])
+        return _flows_module("pipeline", argv[1:], debug)
     if argv[:1] == ["pipeline"]:
         # The flow's own parser owns the command line (Hydra overrides, --refresh, --gate …).
-        return _flows_module("pipeline", argv[1:])
+        return _flows_module("pipeline", argv[1:], debug)
     if argv[:1] == ["train"]:
-        # Hydra owns the command line of training (overrides, -m multirun).
-        from radfm.train.entry import main as train_main
+        # Hydra owns the command line of training (overrides, -m multirun); its entry reports errors as we do.
+        from radfm.train.entry import run as train_run
 
-        sys.argv = [f"{sys.argv[0]} train", *argv[1:]]
-        train_main()
-        return 0
+        return train_run(argv[1:], debug=debug, argv0=f"{sys.argv[0]} train")
     args = build_parser().parse_args(argv)
-    from radfm.paths import configure_caches
+    args.debug = debug or bool(getattr(args, "debug", False))
 
-    configure_caches()
-    return int(args.func(args) or 0)
+    def run() -> int:
+        from radfm.paths import configure_caches
+
+        configure_caches()
+        return int(args.func(args) or 0)
+
+    return run_guarded(prog, run, args.debug)
 
 
 if __name__ == "__main__":

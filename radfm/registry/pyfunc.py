@@ -30,7 +30,12 @@ TAG_PREFIX = "radbench."
 
 class RadFMPyfunc(mlflow.pyfunc.PythonModel):
     """``predict(DataFrame[prompt: str, images: list[path] | JSON list | array], params={max_new_tokens})``
-    → ``list[str]``. Every image of a row is placed at the start of its prompt; decoding is greedy."""
+    → ``list[str]``. Every image of a row is placed at the start of its prompt; decoding is greedy.
+
+    Every row is checked before any is answered (:mod:`radfm.registry.limits`: the context, the image count,
+    each image's header): a refused request is an ``MlflowException`` with ``INVALID_PARAMETER_VALUE`` naming the
+    row and the limit, which ``mlflow models serve`` answers with HTTP 400.
+    """
 
     def load_context(self, context: Any) -> None:
         from radfm.model.checkpoint import load_pretrained
@@ -38,50 +43,94 @@ class RadFMPyfunc(mlflow.pyfunc.PythonModel):
         self.model, self.tokenizer = load_pretrained(context.artifacts["checkpoint"])
         self.checkpoint_dir = context.artifacts["checkpoint"]
 
-    # No type hints here: MLflow would try (and fail) to derive a schema from them; signature() is explicit.
-    def predict(self, context, model_input, params=None):
+    # The input is annotated with a type MLflow derives no schema from (signature() is explicit): without any
+    # annotation MLflow warns on every import that predict has no type hints.
+    def predict(self, context, model_input: pd.DataFrame, params=None):  # noqa: ANN001, ANN201
+        from mlflow.exceptions import MlflowException
+
+        from radfm.data.errors import SampleError
+        from radfm.registry.limits import InputLimitError, PredictInputError
+
+        try:
+            return self._answer(_as_frame(model_input), params or {})
+        except (PredictInputError, SampleError) as exc:
+            # the client's input, not the server: a 400 whose body names the row and the limit or the file
+            err = MlflowException.invalid_parameter_value(str(exc))
+            err.limit = isinstance(exc, InputLimitError)  # lets radfm.registry.inference.predict keep the kind
+            raise err from None
+
+    def _answer(self, df: pd.DataFrame, params: dict[str, Any]) -> list[str]:
         import torch
 
         from radfm.data.transforms import checkpoint_transform, preprocess
+        from radfm.registry.limits import (
+            ContextLimit,
+            PredictInputError,
+            check_image_count,
+            check_max_new_tokens,
+            probe,
+        )
 
-        df = _as_frame(model_input)
-        default_tokens = int((params or {}).get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS)
+        limit = getattr(self, "_limit", None) or ContextLimit.of(self.model.cfg, self.tokenizer)
+        self._limit = limit
+        default_tokens = params.get("max_new_tokens")
+        default_tokens = DEFAULT_MAX_NEW_TOKENS if default_tokens is None else default_tokens
         tcfg = checkpoint_transform(getattr(self, "checkpoint_dir", ""), self.model.cfg.vision.image_size)
-        answers: list[str] = []
-        for row_no, row in enumerate(df.to_dict("records")):
-            prompt = row.get("prompt")
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise ValueError(f"row {row_no}: 'prompt' must be a non-empty string, got {prompt!r}")
-            tokens = row.get("max_new_tokens")
-            tokens = default_tokens if tokens is None or (isinstance(tokens, float) and math.isnan(tokens)) \
-                else int(tokens)
-            with tempfile.TemporaryDirectory(prefix="radfm-pyfunc-") as tmp:
-                paths = image_paths(row.get("images"), row_no, Path(tmp))
-                images = [preprocess(p, tcfg, sample_id=f"row {row_no}") for p in paths]
-            enc = self.tokenizer.format_prompt(prompt, None, ["start"] * len(images))
-            batch = self.tokenizer.pad([enc], side="left")
-            with torch.no_grad():
-                new = self.model.generate(batch["input_ids"], batch["attention_mask"], images or None,
-                                          max_new_tokens=tokens, eos_token_id=self.tokenizer.eos_id,
-                                          pad_token_id=self.tokenizer.pad_id)
-            answers.append(self.tokenizer.decode(new[0].tolist()))
+        with tempfile.TemporaryDirectory(prefix="radfm-pyfunc-") as tmp:
+            requests = []
+            for row_no, row in enumerate(df.to_dict("records")):  # every row checked before any model work
+                where = f"row {row_no}"
+                prompt = row.get("prompt")
+                if not isinstance(prompt, str) or not prompt.strip():
+                    raise PredictInputError(f"{where}: 'prompt' must be a non-empty string, got {_short(prompt)}")
+                tokens = row.get("max_new_tokens")
+                tokens = default_tokens if tokens is None or (isinstance(tokens, float) and math.isnan(tokens)) \
+                    else tokens
+                tokens = check_max_new_tokens(tokens, where, limit.context)
+                items = image_items(row.get("images"), row_no)
+                check_image_count(len(items), where)
+                enc = limit.check(self.tokenizer, prompt, len(items), tokens, where)
+                row_dir = Path(tmp) / f"row_{row_no}"
+                row_dir.mkdir()
+                paths = materialise(items, row_no, row_dir)
+                for path in paths:
+                    probe(path, where, sample_id=where)
+                requests.append((where, paths, enc, tokens))
+            answers: list[str] = []
+            for where, paths, enc, tokens in requests:
+                images = [preprocess(p, tcfg, sample_id=where) for p in paths]
+                batch = self.tokenizer.pad([enc], side="left")
+                with torch.no_grad():
+                    new = self.model.generate(batch["input_ids"], batch["attention_mask"], images or None,
+                                              max_new_tokens=tokens, eos_token_id=self.tokenizer.eos_id,
+                                              pad_token_id=self.tokenizer.pad_id)
+                answers.append(self.tokenizer.decode(new[0].tolist()))
         return answers
 
 
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 def _as_frame(model_input: Any) -> pd.DataFrame:
+    from radfm.registry.limits import PredictInputError
+
     if isinstance(model_input, pd.DataFrame):
         return model_input
     if isinstance(model_input, dict):
         return pd.DataFrame([model_input] if isinstance(model_input.get("prompt"), str) else model_input)
     if isinstance(model_input, list):
         return pd.DataFrame(model_input)
-    raise TypeError(f"radfm pyfunc input must be a DataFrame with 'prompt' and 'images', got "
-                    f"{type(model_input).__name__}")
+    raise PredictInputError(f"radfm pyfunc input must be a DataFrame with 'prompt' and 'images', got "
+                            f"{type(model_input).__name__}")
 
 
-def image_paths(value: Any, row_no: int, tmp: Path) -> list[str]:
-    """The images of one row as file paths: a list of paths, a JSON list, one path, or arrays (written to
-    ``tmp`` as ``.npy``, read back by the same reader as files)."""
+def image_items(value: Any, row_no: int) -> list[Any]:
+    """The images of one row as a list of paths or arrays: a list, a JSON list of paths, one path, or one
+    array. Nothing is written yet, so an over-long list is refused before it costs disk."""
+    from radfm.registry.limits import PredictInputError
+
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return []
     if isinstance(value, str):
@@ -90,13 +139,24 @@ def image_paths(value: Any, row_no: int, tmp: Path) -> list[str]:
             try:
                 value = json.loads(text)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"row {row_no}: 'images' is not a JSON list of paths: {exc}") from None
+                raise PredictInputError(f"row {row_no}: 'images' is not a JSON list of paths: {exc}") from None
         else:
             value = [text] if text else []
     if isinstance(value, np.ndarray) and value.dtype.kind in "fiub":
         value = [value]  # one image given as an array
+    if not isinstance(value, (list, tuple, np.ndarray)):
+        raise PredictInputError(f"row {row_no}: 'images' must be a list of paths or arrays, got "
+                                f"{type(value).__name__}")
+    return list(value)
+
+
+def materialise(items: Sequence[Any], row_no: int, tmp: Path) -> list[str]:
+    """File paths for ``items``: paths as given, arrays written to ``tmp`` as ``.npy`` (read back by the same
+    reader as files, limits included)."""
+    from radfm.registry.limits import PredictInputError
+
     out: list[str] = []
-    for k, item in enumerate(list(value)):
+    for k, item in enumerate(items):
         if isinstance(item, np.ndarray) and item.dtype.kind in "fiub" or isinstance(item, list) and item \
                 and not isinstance(item[0], str):
             path = tmp / f"image_{k}.npy"
@@ -105,8 +165,14 @@ def image_paths(value: Any, row_no: int, tmp: Path) -> list[str]:
         elif isinstance(item, (str, Path)):
             out.append(str(item))
         else:
-            raise ValueError(f"row {row_no}: image {k} is neither a file path nor an array ({type(item).__name__})")
+            raise PredictInputError(f"row {row_no}: image {k} is neither a file path nor an array "
+                                    f"({type(item).__name__})")
     return out
+
+
+def image_paths(value: Any, row_no: int, tmp: Path) -> list[str]:
+    """The images of one row as file paths (:func:`image_items`, then :func:`materialise` into ``tmp``)."""
+    return materialise(image_items(value, row_no), row_no, tmp)
 
 
 def signature() -> Any:
