@@ -178,7 +178,8 @@ def read_records(path: str | Path) -> list[tuple[str, dict[str, Any] | None, str
         for i, rec in enumerate(table.to_pylist()):
             for key in ("images", "labels", "choices", "meta"):
                 if isinstance(rec.get(key), str):  # write_manifest stores nested fields as JSON text
-                    with contextlib.suppress(json.JSONDecodeError):  # left as text: the schema check names it
+                    # left as text: the schema check names it (RecursionError: "[[[[…" nested past the stack)
+                    with contextlib.suppress(json.JSONDecodeError, RecursionError, ValueError):
                         rec[key] = json.loads(rec[key])
             rows.append((f"row {i}", rec, None))
     elif path_s.endswith((".jsonl", ".json")):
@@ -188,8 +189,8 @@ def read_records(path: str | Path) -> list[tuple[str, dict[str, Any] | None, str
                     continue
                 try:
                     rec = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    rows.append((f"line {i}", None, f"not valid JSON ({exc.msg})"))
+                except (json.JSONDecodeError, RecursionError, ValueError) as exc:  # also "[[[[…", 5000-digit ints
+                    rows.append((f"line {i}", None, f"not valid JSON ({getattr(exc, 'msg', type(exc).__name__)})"))
                     continue
                 if isinstance(rec, dict) and "__manifest__" in rec:
                     _check_version(str((rec["__manifest__"] or {}).get("schema_version", "")), path_s)

@@ -61,7 +61,7 @@ def _list_value(value: Any) -> list[str] | None:
     if not text:
         return None
     if text.startswith("["):
-        with contextlib.suppress(json.JSONDecodeError):
+        with contextlib.suppress(json.JSONDecodeError, RecursionError, ValueError):  # "[[[[…" past the stack
             return [str(v) for v in json.loads(text)]
     return [v.strip() for v in text.split(";") if v.strip()]
 

@@ -51,7 +51,7 @@ def _row_images(rec: dict[str, Any]) -> list[dict[str, Any]]:
         raw = list(value) if isinstance(value, list) else str(value).split(";")
     if rec.get("image") not in (None, ""):
         raw.append(rec["image"])
-    numbered = sorted((int(k.split("_")[1]), k) for k in rec if re.fullmatch(r"image_\d+", str(k)))
+    numbered = sorted((int(k.split("_")[1]), k) for k in rec if re.fullmatch(r"image_\d{1,6}", str(k)))
     raw.extend(rec[k] for _, k in numbered if rec[k] not in (None, ""))
     out = []
     for item in raw:
@@ -81,8 +81,8 @@ def _read_table(path: Path) -> Iterator[tuple[str, dict[str, Any] | None, str | 
                     continue
                 try:
                     rec = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    yield where, None, f"not valid JSON ({exc.msg})"
+                except (json.JSONDecodeError, RecursionError, ValueError) as exc:  # "[[[[…", 5000-digit ints
+                    yield where, None, f"not valid JSON ({getattr(exc, 'msg', type(exc).__name__)})"
                     continue
                 yield where, rec if isinstance(rec, dict) else None, None if isinstance(rec, dict) else "not an object"
     else:
@@ -238,7 +238,8 @@ def _table_images(run: _Run, sid: str, where: str, rec: dict[str, Any], root_rea
         ref["kind"] = kind
         position = entry.get("position", rec.get("position"))
         if position not in (None, ""):
-            ref["position"] = int(position) if str(position).isdigit() else position
+            # ASCII digits only ("²".isdigit() is True), and few: anything else is left for the schema to name
+            ref["position"] = int(position) if re.fullmatch(r"[0-9]{1,9}", str(position)) else position
         images.append(ref)
         copies.append((given, plan))
     return images, copies
