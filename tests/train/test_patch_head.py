@@ -136,8 +136,8 @@ def test_patch_head_alone_binds_and_trains(tiny_tokenizer):
 def test_patch_head_configs_it_refuses(tiny_tokenizer):
     with pytest.raises(ValueError, match="must be a number >= 0"):
         PatchHead(-1.0)
-    with pytest.raises(ValueError, match="no label name without a qualifier"):
+    with pytest.raises(ValueError, match="finds nothing a patch can show"):
         RadFMLitModule(presets.tiny(), tiny_tokenizer, objectives=[LabelHead(1.0), PatchHead(1.0)],
                        label_names=["modality CT"])
-    with pytest.raises(ValueError, match="no label name without a qualifier"):
+    with pytest.raises(ValueError, match="finds nothing a patch can show"):
         RadFMLitModule(presets.tiny(), tiny_tokenizer, objectives=[PatchHead(1.0)])  # no label names at all
