@@ -14,27 +14,7 @@ import pytest
 from radfm.data.errors import Quarantine, SampleError
 from radfm.data.importers import find_dicom_file, ingest_dicom_folder
 from radfm.data.importers.deid import file_id
-
-SECRET = b"-----BEGIN PRIVATE KEY----- not for the data set"
-
-
-def _outside(tmp_path: Path) -> Path:
-    """A private folder next to (not under) the DICOM folder."""
-    folder = tmp_path / "private"
-    folder.mkdir(exist_ok=True)
-    (folder / "id_rsa").write_bytes(SECRET)
-    return folder
-
-
-def _no_leak(out: Path) -> None:
-    """No symbolic link and no byte of the private file anywhere under ``out``."""
-    for dirpath, dirnames, filenames in os.walk(out):
-        for name in (*dirnames, *filenames):
-            path = Path(dirpath) / name
-            assert not path.is_symlink(), f"a link was written: {path}"
-            if path.is_file():
-                assert SECRET not in path.read_bytes(), f"outside bytes copied into {path}"
-
+from tests.data.importers.test_import_bad_input import _no_leak, _outside  # one copy of each
 
 # ------------------------------------------------------------------------------------------------- DICOM
 
