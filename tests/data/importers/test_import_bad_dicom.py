@@ -15,16 +15,9 @@ from radfm.data.errors import Quarantine, SampleError
 from radfm.data.importers import find_dicom_file, ingest_dicom_folder
 from radfm.data.importers.deid import file_id
 from tests.data.importers.test_import_bad_input import _no_leak, _outside  # one copy of each
+from tests.data.importers.test_import_dicom import _testdata
 
 # ------------------------------------------------------------------------------------------------- DICOM
-
-
-def _testdata(name: str) -> str:
-    pydicom_data = pytest.importorskip("pydicom.data")
-    try:
-        return pydicom_data.get_testdata_file(name)
-    except Exception as exc:  # pydicom-data missing or offline
-        pytest.skip(f"pydicom test file {name} is unavailable ({exc})")
 
 
 # Identifiers planted in folder names, file names, headers and report text; none may come out.
