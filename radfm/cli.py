@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 from radfm.cli_errors import DEBUG_ENV, debug_enabled, report, run_guarded
 
@@ -39,7 +42,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _flows(args: argparse.Namespace) -> int:
-    return _flows_module("serve", [args.action, *sum((["--only", o] for o in args.only or []), [])], args.debug)
+    only = getattr(args, "only", None) or []  # `list` takes no --only
+    return _flows_module("serve", [args.action, *sum((["--only", o] for o in only), [])], args.debug)
 
 
 def _model_info(args: argparse.Namespace) -> int:
@@ -60,15 +64,8 @@ def _import_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
-def _synth(args: argparse.Namespace) -> int:
-    from radfm.data import synth
-
-    return int(synth.main(args.rest) or 0)
-
-
 def _ingest(args: argparse.Namespace) -> int:
     """Import into ``OUT/manifest.jsonl`` (+ ``manifest.profile.json`` beside it); a known error is one line."""
-    from pathlib import Path
 
     from radfm.data import importers
     from radfm.data.profile import load_profile, profile_path, summary
@@ -83,8 +80,6 @@ def _ingest(args: argparse.Namespace) -> int:
             samples, quarantine = importers.ingest_medmnist(args.source, args.out, name=args.name,
                                                             max_per_split=args.max_per_split, **common)
         else:
-            if not args.reports:
-                raise SystemExit("radfm ingest dicom needs --reports REPORTS.csv")
             samples, quarantine = importers.ingest_dicom_folder(args.source, args.reports, args.out, **common)
         profile = load_profile(manifest)
     except (OSError, ValueError) as exc:  # SampleError is a ValueError: it names the sample, file and reason
@@ -124,12 +119,68 @@ def _eval(args: argparse.Namespace) -> int:
     from radfm.eval.radbench import evaluate_checkpoint
     from radfm.eval.report import summary_markdown
 
-    summary = evaluate_checkpoint(args.model, args.manifest, args.out, data_root=args.data_root, split=args.split,
-                                  batch_size=args.batch_size, limit=args.limit, ablate=not args.no_ablate,
-                                  embedding=not args.no_embedding)
+    with _local_checkpoint(args.model) as model_dir:
+        summary = evaluate_checkpoint(model_dir, args.manifest, args.out, data_root=args.data_root,
+                                      split=args.split, batch_size=args.batch_size, limit=args.limit,
+                                      ablate=not args.no_ablate, embedding=not args.no_embedding)
     print(summary_markdown(summary).split("## per family")[0])
     print(f"per-sample CSV, summary and report.html in {args.out}")
     return 0
+
+
+MODEL_URI_SCHEMES = ("models:/", "runs:/")
+
+
+@contextmanager
+def _local_checkpoint(model: str) -> Iterator[str]:
+    """The checkpoint directory behind ``model`` for as long as the block runs: a folder as given, or a registered
+    or logged model (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/RUN_ID/model``) fetched from the
+    tracking store ``radfm predict`` reads (MLFLOW_TRACKING_URI, else $RADFM_HOME/mlflow.db) into a temporary
+    folder. The pyfunc's artifact *is* the checkpoint folder (radfm.registry.pyfunc), so RadBench scores exactly
+    the weights, tokenizer and image transform that predict and the served model use."""
+    if not model.startswith(MODEL_URI_SCHEMES):
+        yield model
+        return
+    import tempfile
+
+    import mlflow
+
+    from radfm.registry.registry import default_tracking_uri, health_check
+
+    uri = default_tracking_uri()
+    _require_registry(uri)
+    health_check(uri)  # MLflow's own client retries a dead server for minutes
+    with tempfile.TemporaryDirectory(prefix="radfm-eval-model-") as tmp:
+        previous = mlflow.get_tracking_uri()
+        # Set, not only passed: a models:/ URI is resolved against the registry URI, which follows the tracking
+        # URI (as in radfm.registry.inference.load).
+        mlflow.set_tracking_uri(uri)
+        try:
+            root = Path(mlflow.artifacts.download_artifacts(artifact_uri=model, dst_path=tmp))
+        finally:
+            mlflow.set_tracking_uri(previous)
+        yield str(_checkpoint_in(root, model))
+
+
+def _checkpoint_in(root: Path, model: str) -> Path:
+    """The checkpoint folder inside a downloaded MLflow model: the pyfunc's ``checkpoint`` artifact named by its
+    MLmodel file, else the one folder that holds a radfm checkpoint (config + weights)."""
+    import yaml
+
+    from radfm.model.checkpoint import CONFIG, WEIGHTS
+
+    mlmodel = root / "MLmodel"
+    if mlmodel.is_file():
+        flavor = (yaml.safe_load(mlmodel.read_text()) or {}).get("flavors", {}).get("python_function", {})
+        path = ((flavor.get("artifacts") or {}).get("checkpoint") or {}).get("path")
+        if path and (root / path / CONFIG).is_file():
+            return root / path
+    found = sorted({c.parent for c in root.rglob(CONFIG) if (c.parent / WEIGHTS).is_file()})
+    if len(found) != 1:
+        what = "no radfm checkpoint" if not found else f"{len(found)} radfm checkpoints"
+        raise FileNotFoundError(f"{model} holds {what} ({CONFIG} + {WEIGHTS}): name a model logged by "
+                                "`radfm register` or the pipeline")
+    return found[0]
 
 
 def _register(args: argparse.Namespace) -> int:
@@ -143,7 +194,6 @@ def _register(args: argparse.Namespace) -> int:
 
 def _promote(args: argparse.Namespace) -> int:
     import json
-    from pathlib import Path
 
     import yaml
 
@@ -173,7 +223,6 @@ def _promote(args: argparse.Namespace) -> int:
 def _require_registry(uri: str) -> None:
     """Refuse a SQLite tracking store that does not exist: MLflow would create an empty one (logging its table
     migrations) and then report the model as unknown, which hides the real problem."""
-    from pathlib import Path
 
     from radfm.registry.registry import RegistryError
 
@@ -211,95 +260,138 @@ def _services(args: argparse.Namespace) -> int:
     return int(run_cli(args) or 0)
 
 
+def _hand_off(sub: argparse._SubParsersAction, name: str, help: str, what: str) -> None:
+    """A sub-command whose command line belongs to another parser (``main`` hands it over before argparse):
+    listed in ``radfm --help`` with its help line, everything after the name passed through unparsed."""
+    p = sub.add_parser(name, help=help, description=help, add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER, help=what)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``radfm`` parser. Every sub-command and option carries a help line (tests/test_cli_help.py walks it)."""
     parser = argparse.ArgumentParser(prog="radfm", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (also RADFM_DEBUG=1)")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="`radfm COMMAND --help` tells more")
 
-    p = sub.add_parser("demo", help="the main job on the embedded default: the radfm-pipeline flow on MedMD-synth")
+    def command(name: str, help: str, func: Handler | None = None, **kw: Any) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help, **kw)
+        if func is not None:
+            p.set_defaults(func=func)
+        return p
+
+    p = command("demo", "the main job on the embedded default: the radfm-pipeline flow on MedMD-synth", _demo)
     p.add_argument("--quick", action="store_true", help="only the model: train the tiny preset on phantoms (~30 s)")
     p.add_argument("--steps", type=int, default=120, help="--quick: training steps")
     p.add_argument("overrides", nargs="*", help="Hydra overrides for the pipeline (default: experiment=demo_tiny)")
-    p.set_defaults(func=_demo)
 
-    p = sub.add_parser("pipeline", help="run the radfm-pipeline flow (see `radfm pipeline --help`)", add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
+    # `train` and `pipeline` are handed to their own parsers by main() before argparse runs; they are declared
+    # here so that `radfm --help` lists them.
+    _hand_off(sub, "train", "train a model: Hydra's command line (`radfm train --help`; e.g. `radfm train "
+              "experiment=demo_tiny trainer.max_steps=100`, `-m` for a sweep)",
+              "Hydra overrides (key=value), -m/--multirun, --cfg job …")
+    _hand_off(sub, "pipeline", "run the radfm-pipeline flow: data → validation → training → RadBench → "
+              "registration → promotion (`radfm pipeline --help`)", "Hydra overrides and the flow's options")
 
-    p = sub.add_parser("flows", help="serve the Prefect deployments of prefect.yaml here, or list them")
-    p.add_argument("action", choices=["serve", "list"])
-    p.add_argument("--only", action="append", default=None, help="one deployment name (repeatable)")
-    p.set_defaults(func=_flows)
+    p = command("flows", "the Prefect deployments of prefect.yaml: serve their schedules here, or list them")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION", help="serve or list")
+    a = actions.add_parser("serve", help="run the deployments' cron schedules from this machine until stopped",
+                           description="run the deployments' cron schedules from this machine until stopped")
+    a.add_argument("--only", action="append", default=None, help="serve only this deployment (repeatable)")
+    a.set_defaults(func=_flows)
+    actions.add_parser("list", help="the deployments, their flows and crons",
+                       description="the deployments, their flows and crons").set_defaults(func=_flows)
 
-    p = sub.add_parser("model-info", help="parameter counts of a preset (built on the meta device)")
-    p.add_argument("--preset", default="tiny")
-    p.set_defaults(func=_model_info)
+    p = command("model-info", "parameter counts of a preset (built on the meta device)", _model_info)
+    p.add_argument("--preset", default="tiny", help="model preset: tiny, small or base (the RadFM 13B shape)")
 
-    p = sub.add_parser("import-checkpoint", help="map the released RadFM checkpoint onto this model")
+    p = command("import-checkpoint", "map the released RadFM checkpoint onto this model", _import_checkpoint)
     p.add_argument("path", help="pytorch_model.bin / .safetensors file or a folder of shards")
     p.add_argument("--out", required=True, help="output checkpoint directory")
-    p.add_argument("--preset", default="base")
+    p.add_argument("--preset", default="base", help="preset whose shape the checkpoint has")
     p.add_argument("--tokenizer", default=None, help="local LLaMA tokenizer directory")
     p.add_argument("--lenient", action="store_true", help="report unmapped keys instead of failing")
-    p.set_defaults(func=_import_checkpoint)
 
-    p = sub.add_parser("eval", help="RadBench: score a checkpoint beside blind and image-ablated baselines")
-    p.add_argument("--model", required=True, help="checkpoint directory (radfm save_pretrained)")
-    p.add_argument("--manifest", required=True)
-    p.add_argument("--data-root", default=None, help="default: the manifest's folder")
-    p.add_argument("--out", required=True)
-    p.add_argument("--split", default="test")
+    p = command("eval", "RadBench: score a model beside blind and image-ablated baselines", _eval)
+    p.add_argument("--model", required=True, help="checkpoint directory (radfm save_pretrained), or a registered "
+                   "model: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model (from MLFLOW_TRACKING_URI, "
+                   "as `radfm predict`)")
+    p.add_argument("--manifest", required=True, help="manifest (JSONL/Parquet) holding the split to score")
+    p.add_argument("--data-root", default=None, help="folder the image paths are relative to (default: the "
+                   "manifest's folder)")
+    p.add_argument("--out", required=True, help="output folder: predictions.csv, summary.json/.md, report.html")
+    p.add_argument("--split", default="test", help="manifest split to score")
     p.add_argument("--batch-size", type=int, default=64, help="rows per forward/generate call")
-    p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--no-ablate", action="store_true")
-    p.add_argument("--no-embedding", action="store_true")
-    p.set_defaults(func=_eval)
+    p.add_argument("--limit", type=int, default=None, help="score only the first N rows of the split")
+    p.add_argument("--no-ablate", action="store_true", help="skip the image-ablated baseline (the second pass of the model)")
+    p.add_argument("--no-embedding", action="store_true", help="skip the embedding similarity of reports and rationales")
 
-    p = sub.add_parser("register", help="log a checkpoint as an MLflow model and register it as challenger")
-    p.add_argument("--checkpoint", required=True)
+    p = command("register", "log a checkpoint as an MLflow model and register it as challenger", _register)
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory (radfm save_pretrained)")
     p.add_argument("--radbench", required=True, help="radfm eval output folder or its summary.json")
-    p.add_argument("--name", default="radfm")
-    p.set_defaults(func=_register)
+    p.add_argument("--name", default="radfm", help="registered model name")
 
-    p = sub.add_parser("promote", help="move `champion` to the challenger if it passes the gate")
-    p.add_argument("--name", default="radfm")
-    p.add_argument("--version", default=None)
+    p = command("promote", "move `champion` to the challenger if it passes the gate", _promote)
+    p.add_argument("--name", default="radfm", help="registered model name")
+    p.add_argument("--version", default=None, help="version to promote (default: the challenger)")
     p.add_argument("--gate", default=None, help="gate as YAML/JSON (required_tasks, min_gain, max_regression, floors, "
                    "baselines, min_family_rows); refused: exit 2")
-    p.set_defaults(func=_promote)
 
-    p = sub.add_parser("predict", help="answer a prompt about one or more images with a registered model (limits: "
-                       "the model's context, RADFM_MAX_IMAGES images (16), the readers' image size limits)")
-    p.add_argument("--model", default="models:/radfm@champion")
-    p.add_argument("--prompt", required=True)
+    p = command("predict", "answer a prompt about one or more images with a registered model (limits: the model's "
+                "context, RADFM_MAX_IMAGES images (16), the readers' image size limits)", _predict)
+    p.add_argument("--model", default="models:/radfm@champion", help="models:/NAME@ALIAS, models:/NAME/VERSION, "
+                   "runs:/RUN_ID/model or a logged model's folder (default: the champion)")
+    p.add_argument("--prompt", required=True, help="the question or instruction")
     p.add_argument("--image", action="append", default=[], help="an image or scan (repeatable)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="at most the model's context minus the prompt")
-    p.set_defaults(func=_predict)
 
-    p = sub.add_parser("synth", help="generate MedMD-synth (see `radfm synth --help`)", add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_synth)
+    _hand_off(sub, "synth", "generate MedMD-synth (`radfm synth --help`)", "--out DIR, --n, --seed, --variant …")
 
-    p = sub.add_parser("ingest", help="import your own data into a manifest")
-    p.add_argument("kind", choices=["table", "medmnist", "dicom"])
-    p.add_argument("source", help="CSV/JSONL table, MedMNIST .npz, or DICOM folder")
-    p.add_argument("--out", required=True, help="output data root: OUT/manifest.jsonl, its profile, images/")
-    p.add_argument("--image-root", default=None, help="table importer: folder the image paths are relative to")
-    p.add_argument("--task", default=None, help="table importer: task for rows without one")
-    p.add_argument("--name", default=None, help="MedMNIST dataset name (default: from the file name)")
-    p.add_argument("--max-per-split", type=int, default=None)
-    p.add_argument("--reports", default=None, help="DICOM importer: CSV of reports")
-    p.add_argument("--on-error", choices=["raise", "quarantine"], default="raise")
-    p.set_defaults(func=_ingest)
+    p = command("ingest", "import your own data into a manifest")
+    kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND", help="what to import")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--out", required=True, help="output data root: OUT/manifest.jsonl, its profile, images/")
+    common.add_argument("--on-error", choices=["raise", "quarantine"], default="raise",
+                        help="a bad row stops the import (raise), or is set aside in manifest.quarantine.jsonl "
+                        "(quarantine)")
+    for kind, help, source in (
+            ("table", "a CSV/TSV/JSONL table: image and question + answer (or report) per row; id, split, "
+             "task, family, labels, choices optional",
+             "CSV, TSV or JSONL table"),
+            ("medmnist", "a MedMNIST .npz: diagnosis questions in its official splits", "MedMNIST .npz file"),
+            ("dicom", "a folder of DICOM studies with a CSV of reports: de-identified report samples",
+             "folder of DICOM studies (one sub-folder per study or series)")):
+        k = kinds.add_parser(kind, help=help, description=help, parents=[common])
+        k.add_argument("source", help=source)
+        k.set_defaults(func=_ingest)
+        if kind == "table":
+            k.add_argument("--image-root", default=None, help="folder the image paths are relative to (default: "
+                           "the table's folder)")
+            k.add_argument("--task", default=None, help="task for rows without one")
+        elif kind == "medmnist":
+            k.add_argument("--name", default=None, help="MedMNIST dataset name (default: from the file name)")
+            k.add_argument("--max-per-split", type=int, default=None, help="at most N samples of each split")
+        else:
+            k.add_argument("--reports", required=True, help="CSV of reports, one row per study (keyed by StudyInstanceUID, "
+                           "AccessionNumber or the sub-folder name)")
 
-    p = sub.add_parser("data", help="version the dataset with DVC (S3 remote from the environment)")
-    p.add_argument("action", choices=["add", "push", "pull", "version"])
-    p.add_argument("--repo", default=".", help="DVC repository root (default: here)")
-    p.add_argument("--target", default="data")
-    p.add_argument("--remote-url", default=None, help="s3://bucket/path (default: $RADFM_DVC_REMOTE_URL; endpoint: $RADFM_S3_ENDPOINT_URL)")
-    p.set_defaults(func=_data)
+    p = command("data", "version the dataset with DVC (S3 remote from the environment)")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION", help="what to do with the version")
+    repo = argparse.ArgumentParser(add_help=False)
+    repo.add_argument("--repo", default=".", help="DVC repository root (default: here)")
+    repo.add_argument("--target", default="data", help="the DVC-tracked folder")
+    remote = argparse.ArgumentParser(add_help=False)
+    remote.add_argument("--remote-url", default=None, help="s3://bucket/path (default: $RADFM_DVC_REMOTE_URL; "
+                        "endpoint: $RADFM_S3_ENDPOINT_URL)")
+    for action, help, parents in (
+            ("add", "record the folder's version (dvc add → data.dvc; commit that file)", [repo, remote]),
+            ("push", "upload the recorded version to the S3 remote", [repo, remote]),
+            ("pull", "download the recorded version from the S3 remote", [repo, remote]),
+            ("version", "print the folder's version (the md5 data.dvc records, the one every run logs)", [repo])):
+        actions.add_parser(action, help=help, description=help, parents=parents).set_defaults(func=_data)
 
-    p = sub.add_parser("validate", help="Great Expectations suites on a manifest and its images")
+    p = command("validate", "Great Expectations suites on a manifest and its images", _validate)
     p.add_argument("data", help="data root (holds the manifest)")
     p.add_argument("--manifest", default=None,
                    help="default: DATA/manifest.jsonl, else the one manifest under DATA/manifests/")
@@ -307,17 +399,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="YAML of thresholds (default: conf/validation/default.yaml)")
     p.add_argument("--mostly", type=float, default=None, help="override every expectation's `mostly`")
     p.add_argument("--no-images", action="store_true", help="manifest suite only (skip image statistics)")
-    p.set_defaults(func=_validate)
 
-    p = sub.add_parser("services", help="start/stop MLflow, Prefect, a Ray head and an S3 API on 127.0.0.1")
-    p.add_argument("action", choices=["up", "down", "status"])
-    p.add_argument("--only", default=None, help="comma list of mlflow,prefect,ray,s3 (default: all)")
-    p.set_defaults(func=_services)
-    for name, p in sub.choices.items():
-        if name not in ("pipeline", "synth"):  # the hand-offs keep their own command line
+    p = command("services", "start/stop MLflow, Prefect, a Ray head and an S3 API on 127.0.0.1")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION", help="what to do with them")
+    only = argparse.ArgumentParser(add_help=False)
+    only.add_argument("--only", default=None, help="comma list of mlflow,prefect,ray,s3 (default: all)")
+    for action, help in (("up", "start them (those already running are kept) and print the export lines"),
+                         ("down", "stop them (their data and logs stay under $RADFM_HOME/services/)"),
+                         ("status", "which are running, and where")):
+        actions.add_parser(action, help=help, description=help, parents=[only]).set_defaults(func=_services)
+
+    for name, p in _parsers(parser):
+        if name.split()[-1] not in ("train", "pipeline", "synth") and not _has_subcommands(p):
             # also after the sub-command; SUPPRESS keeps the sub-parser's default from undoing `radfm --debug …`
             p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
+
+
+def _has_subcommands(parser: argparse.ArgumentParser) -> bool:
+    return any(isinstance(a, argparse._SubParsersAction) for a in parser._actions)
+
+
+def _parsers(parser: argparse.ArgumentParser, prefix: str = "radfm") -> list[tuple[str, argparse.ArgumentParser]]:
+    """Every sub-parser under ``parser``, nested ones included, as (``"radfm data add"``, parser)."""
+    out = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, p in action.choices.items():
+                out.append((f"{prefix} {name}", p))
+                out += _parsers(p, f"{prefix} {name}")
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -456,3 +456,18 @@ def test_local_scripts_call_radfm_services(action) -> None:
     script = INFRA / "local" / f"{action}.sh"
     assert os.access(script, os.X_OK), f"{script} is not executable"
     assert f'services {action} "$@"' in script.read_text()
+
+
+def test_the_make_targets_the_scripts_name_exist() -> None:
+    """A script that tells the user to run ``make X`` names a target the Makefile has (one said ``make install``,
+    which it never had). ``make -n`` only prints what it would run."""
+    import shutil
+    import subprocess
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    named = {t for f in INFRA.rglob("*.sh") for t in re.findall(r"[`'\"]make ([\w./-]+)", f.read_text())}
+    assert named, "no `make …` instruction found under infra/: the pattern no longer reads the scripts"
+    for target in sorted(named):
+        out = subprocess.run(["make", "-n", target], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, f"`make {target}` named in infra/: {out.stderr.strip()}"

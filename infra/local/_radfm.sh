@@ -8,6 +8,9 @@ if [ -x "$repo/.venv/bin/radfm" ]; then
 elif command -v radfm >/dev/null 2>&1; then
   RADFM="$(command -v radfm)"
 else
-  echo "radfm is not installed: run 'make install' (or pip install -e '.[dev]') in $repo" >&2
+  # The Makefile's install step is its stamp file, which `make demo` and `make test` build first: it pins torch
+  # and applies constraints.txt, which a bare `pip install -e .` would not (tests/test_infra.py checks the name).
+  echo "radfm is not installed: run 'make .venv/.radfm-installed' in $repo (the install step of 'make demo'" \
+       "and 'make test')" >&2
   exit 1
 fi

@@ -452,17 +452,24 @@ def pixel_probe(out_dir: str | Path, grid: int = 16, C: float = 0.1) -> dict[str
 
 
 # ----------------------------------------------------------------------------------------------- CLI
-def main(argv: Sequence[str] | None = None) -> int:
-    """``radfm synth --out DIR --n 600 --seed 0 --variant easy``."""
-    p = argparse.ArgumentParser(prog="radfm synth", description="generate MedMD-synth")
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``radfm synth`` (its own: ``radfm`` hands it everything after ``synth``)."""
+    p = argparse.ArgumentParser(prog="radfm synth", description="generate MedMD-synth: 2D and 3D phantoms with "
+                                "questions, answers, reports and labels, split train/val/test")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--n", type=int, default=600, help="number of images (each yields several questions)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--variant", choices=sorted(VARIANTS), default="easy")
-    p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--depth", type=int, default=16)
-    p.add_argument("--frac-3d", type=float, default=0.5)
-    args = p.parse_args(argv)
+    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same data set")
+    p.add_argument("--variant", choices=sorted(VARIANTS), default="easy",
+                   help="difficulty: lesion size, contrast and noise")
+    p.add_argument("--image-size", type=int, default=64, help="height and width of every image, in pixels")
+    p.add_argument("--depth", type=int, default=16, help="slices of a 3D scan")
+    p.add_argument("--frac-3d", type=float, default=0.5, help="fraction of the images that are 3D scans (0..1)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``radfm synth --out DIR --n 600 --seed 0 --variant easy``."""
+    args = build_parser().parse_args(argv)
     cfg = SynthConfig(n_samples=args.n, seed=args.seed, variant=args.variant, image_size=args.image_size,
                       depth=args.depth, frac_3d=args.frac_3d)
     t0 = time.perf_counter()
