@@ -4,7 +4,10 @@
   the model's context: the LM's ``max_position_embeddings`` (the tokenizer's own maximum when that is smaller);
 - at most ``RADFM_MAX_IMAGES`` images per request (default :data:`DEFAULT_MAX_IMAGES`);
 - every image's header within the readers' size limits (:func:`radfm.data.readers.probe_image`, the defaults of
-  :class:`radfm.data.limits.ImageLimits`), read before a pixel is decoded.
+  :class:`radfm.data.limits.ImageLimits`), read before a pixel is decoded;
+- every image a request carries as bytes (base64) or names by ``s3://`` URI at most ``RADFM_MAX_IMAGE_BYTES``
+  (default :data:`DEFAULT_MAX_IMAGE_BYTES`), checked from the base64 length or the object's metadata before it
+  is decoded or fetched (:mod:`radfm.registry.request_images`).
 
 Used by ``radfm predict`` and the Python API (:mod:`radfm.registry.inference`) and by the served model
 (:mod:`radfm.registry.pyfunc`), so the three refuse the same requests with the same words.
@@ -26,6 +29,11 @@ from radfm.data.errors import SampleError
 # of the base preset's 2048 (the tiny preset's 512 tokens hold fewer anyway, which the context check reports).
 DEFAULT_MAX_IMAGES = 16
 MAX_IMAGES_ENV = "RADFM_MAX_IMAGES"
+# 512 MiB per image sent or fetched: a 512×512×1024 int16 CT as an uncompressed NIfTI (a 512³ one is half that).
+# Each is held in memory once decoded and written to a temporary file, so the image count × this bounds what a
+# request costs in memory and disk; files on the server's own disk are not counted.
+DEFAULT_MAX_IMAGE_BYTES = 2**29
+MAX_IMAGE_BYTES_ENV = "RADFM_MAX_IMAGE_BYTES"
 # Above this, a tokenizer reports no real maximum (transformers' "unset" is 1e30).
 _NO_TOKENIZER_LIMIT = 10**7
 
@@ -51,6 +59,29 @@ def max_images() -> int:
     if value < 1:
         raise InputLimitError(f"{MAX_IMAGES_ENV}={raw!r} must be a positive whole number of images")
     return value
+
+
+def max_image_bytes() -> int:
+    """The most bytes one image of a request may carry (base64) or fetch (``s3://``): ``RADFM_MAX_IMAGE_BYTES``,
+    else :data:`DEFAULT_MAX_IMAGE_BYTES` (set where the model is served, as ``RADFM_MAX_IMAGES``)."""
+    raw = os.environ.get(MAX_IMAGE_BYTES_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_IMAGE_BYTES
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise InputLimitError(f"{MAX_IMAGE_BYTES_ENV}={raw!r} must be a positive whole number of bytes")
+    return value
+
+
+def check_image_bytes(n_bytes: int, what: str) -> None:
+    """Refuse ``what`` (a row's image, named) when it is over :func:`max_image_bytes`."""
+    limit = max_image_bytes()
+    if n_bytes > limit:
+        raise InputLimitError(f"{what} has {n_bytes:,} bytes, over the limit of {limit:,} per image: send a "
+                              f"smaller or compressed file (or raise {MAX_IMAGE_BYTES_ENV} where the model runs)")
 
 
 def check_image_count(n_images: int, where: str = "the request") -> None:
@@ -118,13 +149,15 @@ class ContextLimit:
         return enc
 
 
-def probe(image: str | Path, where: str | None = None, sample_id: str | None = None) -> None:
+def probe(image: str | Path, where: str | None = None, sample_id: str | None = None,
+          label: str | None = None) -> None:
     """Check one image's header (exists, readable, within the readers' size limits) without decoding a pixel;
-    :class:`PredictInputError` naming ``where`` (the row), the file and the reason otherwise."""
+    :class:`PredictInputError` naming ``where`` (the row), the image (``label``, else the file) and the reason
+    otherwise. ``label`` names an image the client sent as bytes: its temporary file means nothing to them."""
     from radfm.data.readers import probe_image
 
     try:
         probe_image(image, sample_id)
     except SampleError as exc:
         prefix = f"{where}: " if where else ""
-        raise PredictInputError(f"{prefix}image {image} cannot be read: {exc.reason}") from None
+        raise PredictInputError(f"{prefix}image {label or image} cannot be read: {exc.reason}") from None

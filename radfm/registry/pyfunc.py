@@ -1,40 +1,43 @@
 """The trained model as an MLflow pyfunc: a DataFrame of prompts + images in, one text answer per row out.
 
-Logged as an MLflow 3 ``LoggedModel`` whose artifact is the checkpoint directory of
-:func:`radfm.model.checkpoint.save_pretrained`; the RadBench metrics are logged against its model id so the
-registry version made from it, the run and the benchmark stay joined.
+Logged from code (:mod:`radfm.registry.served_model`) as an MLflow 3 ``LoggedModel`` whose artifact is the
+checkpoint directory of :func:`radfm.model.checkpoint.save_pretrained`, with radfm itself as its code and what
+else it needs to serve elsewhere (:mod:`radfm.registry.model_spec`); the RadBench metrics are logged against its
+model id so the registry version made from it, the run and the benchmark stay joined.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import re
 import tempfile
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import mlflow
-import numpy as np
 import pandas as pd
+
+from radfm.registry.model_spec import DEFAULT_MAX_NEW_TOKENS, EXAMPLE_PROMPT
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_NEW_TOKENS = 64
 SUMMARY_ARTIFACT = "radbench/summary.json"
 TAG_PREFIX = "radbench."
 
 
 class RadFMPyfunc(mlflow.pyfunc.PythonModel):
-    """``predict(DataFrame[prompt: str, images: list[path] | JSON list | array], params={max_new_tokens})``
-    → ``list[str]``. Every image of a row is placed at the start of its prompt; decoding is greedy.
+    """``predict(DataFrame[prompt: str, images: list[str | array]], params={max_new_tokens})`` → ``list[str]``.
+    Every image of a row is placed at the start of its prompt; decoding is greedy.
 
-    Every row is checked before any is answered (:mod:`radfm.registry.limits`: the context, the image count,
-    each image's header): a refused request is an ``MlflowException`` with ``INVALID_PARAMETER_VALUE`` naming the
-    row and the limit, which ``mlflow models serve`` answers with HTTP 400.
+    An image is a base64 ``data:`` URI (PNG, JPEG, NIfTI, DICOM), an ``s3://`` URI, a path on the server, or (from
+    Python) an array: :mod:`radfm.registry.request_images`. Every row is checked before any is answered
+    (:mod:`radfm.registry.limits`: the context, the image count, each image's bytes before it is decoded or
+    fetched, each image's header): a refused request is an ``MlflowException`` with ``INVALID_PARAMETER_VALUE``
+    naming the row, the image and the reason, which ``mlflow models serve`` answers with HTTP 400.
     """
 
     def load_context(self, context: Any) -> None:
@@ -62,46 +65,53 @@ class RadFMPyfunc(mlflow.pyfunc.PythonModel):
     def _answer(self, df: pd.DataFrame, params: dict[str, Any]) -> list[str]:
         import torch
 
+        from radfm.data.errors import SampleError
         from radfm.data.transforms import checkpoint_transform, preprocess
         from radfm.registry.limits import (
             ContextLimit,
             PredictInputError,
             check_image_count,
             check_max_new_tokens,
-            probe,
         )
+        from radfm.registry.request_images import check_sizes, image_items, materialise
 
         limit = getattr(self, "_limit", None) or ContextLimit.of(self.model.cfg, self.tokenizer)
         self._limit = limit
         default_tokens = params.get("max_new_tokens")
         default_tokens = DEFAULT_MAX_NEW_TOKENS if default_tokens is None else default_tokens
         tcfg = checkpoint_transform(getattr(self, "checkpoint_dir", ""), self.model.cfg.vision.image_size)
-        with tempfile.TemporaryDirectory(prefix="radfm-pyfunc-") as tmp:
+        rows = []
+        for row_no, row in enumerate(df.to_dict("records")):  # every row checked before any image is decoded
+            where = f"row {row_no}"
+            prompt = row.get("prompt")
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise PredictInputError(f"{where}: 'prompt' must be a non-empty string, got {_short(prompt)}")
+            tokens = row.get("max_new_tokens")
+            tokens = default_tokens if tokens is None or (isinstance(tokens, float) and math.isnan(tokens)) \
+                else tokens
+            tokens = check_max_new_tokens(tokens, where, limit.context)
+            items = image_items(row.get("images"), row_no)
+            check_image_count(len(items), where)
+            check_sizes(items, row_no)
+            enc = limit.check(self.tokenizer, prompt, len(items), tokens, where)
+            rows.append((where, items, enc, tokens))
+        with tempfile.TemporaryDirectory(prefix="radfm-pyfunc-") as tmp, ExitStack() as fetched:
             requests = []
-            for row_no, row in enumerate(df.to_dict("records")):  # every row checked before any model work
-                where = f"row {row_no}"
-                prompt = row.get("prompt")
-                if not isinstance(prompt, str) or not prompt.strip():
-                    raise PredictInputError(f"{where}: 'prompt' must be a non-empty string, got {_short(prompt)}")
-                tokens = row.get("max_new_tokens")
-                tokens = default_tokens if tokens is None or (isinstance(tokens, float) and math.isnan(tokens)) \
-                    else tokens
-                tokens = check_max_new_tokens(tokens, where, limit.context)
-                items = image_items(row.get("images"), row_no)
-                check_image_count(len(items), where)
-                enc = limit.check(self.tokenizer, prompt, len(items), tokens, where)
+            for row_no, (where, items, enc, tokens) in enumerate(rows):  # every image probed before model work
                 row_dir = Path(tmp) / f"row_{row_no}"
                 row_dir.mkdir()
-                paths = materialise(items, row_no, row_dir)
-                for path in paths:
-                    probe(path, where, sample_id=where)
-                requests.append((where, paths, enc, tokens))
+                requests.append((where, materialise(items, row_no, row_dir, fetched), enc, tokens))
             answers: list[str] = []
-            for where, paths, enc, tokens in requests:
-                images = [preprocess(p, tcfg, sample_id=where) for p in paths]
+            for where, images, enc, tokens in requests:
+                pixels = []
+                for im in images:
+                    try:
+                        pixels.append(preprocess(im.path, tcfg, sample_id=where))
+                    except SampleError as exc:  # name the image as the client sent it, not its temporary file
+                        raise PredictInputError(f"{where}: image {im.label} cannot be read: {exc.reason}") from None
                 batch = self.tokenizer.pad([enc], side="left")
                 with torch.no_grad():
-                    new = self.model.generate(batch["input_ids"], batch["attention_mask"], images or None,
+                    new = self.model.generate(batch["input_ids"], batch["attention_mask"], pixels or None,
                                               max_new_tokens=tokens, eos_token_id=self.tokenizer.eos_id,
                                               pad_token_id=self.tokenizer.pad_id)
                 answers.append(self.tokenizer.decode(new[0].tolist()))
@@ -124,66 +134,6 @@ def _as_frame(model_input: Any) -> pd.DataFrame:
         return pd.DataFrame(model_input)
     raise PredictInputError(f"radfm pyfunc input must be a DataFrame with 'prompt' and 'images', got "
                             f"{type(model_input).__name__}")
-
-
-def image_items(value: Any, row_no: int) -> list[Any]:
-    """The images of one row as a list of paths or arrays: a list, a JSON list of paths, one path, or one
-    array. Nothing is written yet, so an over-long list is refused before it costs disk."""
-    from radfm.registry.limits import PredictInputError
-
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return []
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("["):
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise PredictInputError(f"row {row_no}: 'images' is not a JSON list of paths: {exc}") from None
-        else:
-            value = [text] if text else []
-    if isinstance(value, np.ndarray) and value.dtype.kind in "fiub":
-        value = [value]  # one image given as an array
-    if not isinstance(value, (list, tuple, np.ndarray)):
-        raise PredictInputError(f"row {row_no}: 'images' must be a list of paths or arrays, got "
-                                f"{type(value).__name__}")
-    return list(value)
-
-
-def materialise(items: Sequence[Any], row_no: int, tmp: Path) -> list[str]:
-    """File paths for ``items``: paths as given, arrays written to ``tmp`` as ``.npy`` (read back by the same
-    reader as files, limits included)."""
-    from radfm.registry.limits import PredictInputError
-
-    out: list[str] = []
-    for k, item in enumerate(items):
-        if isinstance(item, np.ndarray) and item.dtype.kind in "fiub" or isinstance(item, list) and item \
-                and not isinstance(item[0], str):
-            path = tmp / f"image_{k}.npy"
-            np.save(path, np.asarray(item, dtype=np.float32))
-            out.append(str(path))
-        elif isinstance(item, (str, Path)):
-            out.append(str(item))
-        else:
-            raise PredictInputError(f"row {row_no}: image {k} is neither a file path nor an array "
-                                    f"({type(item).__name__})")
-    return out
-
-
-def image_paths(value: Any, row_no: int, tmp: Path) -> list[str]:
-    """The images of one row as file paths (:func:`image_items`, then :func:`materialise` into ``tmp``)."""
-    return materialise(image_items(value, row_no), row_no, tmp)
-
-
-def signature() -> Any:
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
-    from mlflow.types.schema import Array
-
-    inputs = Schema([ColSpec(DataType.string, "prompt"), ColSpec(Array(DataType.string), "images")])
-    outputs = Schema([ColSpec(DataType.string, "answer")])
-    params = ParamSchema([ParamSpec("max_new_tokens", DataType.long, DEFAULT_MAX_NEW_TOKENS)])
-    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 
 
 def family_name(key: str) -> str:
@@ -233,35 +183,37 @@ def radbench_metrics(summary: dict[str, Any]) -> dict[str, float]:
 def log_pyfunc(checkpoint_dir: str | Path, name: str = "model",
                input_example_images: Sequence[str | Path] | None = None,
                radbench_summary: dict[str, Any] | None = None,
-               prompt_example: str = "Which modality is this image?") -> Any:
+               prompt_example: str = EXAMPLE_PROMPT) -> Any:
     """Log the checkpoint as a pyfunc ``LoggedModel`` (in the active run, or a new one) → ``ModelInfo``.
+
+    The model is logged from code (:mod:`radfm.registry.served_model`) with the radfm package in its ``code/``,
+    complete pip requirements, a typed signature and a base64 PNG input example (:mod:`radfm.registry.model_spec`),
+    so it serves from any directory and, with its requirements installed, on any machine. Logging runs the
+    example through the model once (MLflow's check that it serves).
 
     ``radbench_summary`` is logged as metrics of the model id (``<task>.<system>.<metric>``), as model params
     and tags, and as ``radbench/summary.json`` in the run's artifacts; :func:`radfm.registry.registry.register`
-    copies the headlines to the registry version.
+    copies the headlines to the registry version. ``input_example_images`` is accepted for older callers and not
+    used: the example is an image made in memory, so that no image of the data goes into the model's artifacts.
     """
     from radfm.model.checkpoint import CONFIG, TOKENIZER, WEIGHTS
+    from radfm.registry.model_spec import CODE_FILE, input_example, package_dir, requirements, signature
 
+    del input_example_images  # see the docstring: a data image must not travel with the model
     ckpt = Path(checkpoint_dir).resolve()
     for part in (WEIGHTS, CONFIG, TOKENIZER):
         if not (ckpt / part).exists():
             raise FileNotFoundError(f"{ckpt} is not a radfm checkpoint directory: {part} is missing "
                                     "(write one with radfm.model.checkpoint.save_pretrained)")
     flat = radbench_metrics(radbench_summary) if radbench_summary is not None else {}
-    example = None
-    if input_example_images:
-        missing = [str(p) for p in input_example_images if not Path(p).is_file()]
-        if missing:
-            raise FileNotFoundError(f"input example image(s) not found: {', '.join(missing)}")
-        example = pd.DataFrame({"prompt": [prompt_example],
-                                "images": [[str(Path(p).resolve()) for p in input_example_images]]})
     started = mlflow.active_run() is None
     run = mlflow.start_run(run_name="radfm-model") if started else mlflow.active_run()
     try:
         tags = {"radfm.model": "pyfunc", "radfm.has_radbench": str(bool(flat)).lower()}
         info = mlflow.pyfunc.log_model(
-            name=name, python_model=RadFMPyfunc(), artifacts={"checkpoint": str(ckpt)}, signature=signature(),
-            input_example=example, tags=tags, pip_requirements=_requirements(),
+            name=name, python_model=str(CODE_FILE), code_paths=[str(package_dir())],
+            artifacts={"checkpoint": str(ckpt)}, signature=signature(), input_example=input_example(prompt_example),
+            tags=tags, pip_requirements=requirements(),
         )
         if flat:
             mlflow.log_metrics(flat, model_id=info.model_id, run_id=run.info.run_id)
@@ -272,16 +224,3 @@ def log_pyfunc(checkpoint_dir: str | Path, name: str = "model",
         if started:
             mlflow.end_run()
     return info
-
-
-def _requirements() -> list[str]:
-    """Pinned from this environment (inferring them would load the model in a subprocess)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    reqs = []
-    for pkg in ("mlflow", "torch", "transformers", "safetensors", "tokenizers", "numpy", "pandas", "einops"):
-        try:
-            reqs.append(f"{pkg}=={version(pkg)}")
-        except PackageNotFoundError:
-            continue
-    return reqs

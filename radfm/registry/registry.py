@@ -177,7 +177,9 @@ def register_checkpoint(checkpoint_dir: str | Path, radbench_summary: dict[str, 
                         name: str = DEFAULT_NAME, tracking_uri: str | None = None, experiment: str = "radfm",
                         input_example_images: Sequence[str | Path] | None = None) -> Any:
     """Log ``checkpoint_dir`` as a pyfunc LoggedModel with its RadBench summary (a dict or ``summary.json``)
-    and register it as the new ``challenger`` of ``name`` → ``ModelVersion``. What ``radfm register`` does."""
+    and register it as the new ``challenger`` of ``name`` → ``ModelVersion``. What ``radfm register`` does.
+    ``input_example_images`` is accepted for older callers and unused (:func:`~radfm.registry.pyfunc.log_pyfunc`
+    logs an example made in memory)."""
     import mlflow
 
     from radfm.paths import home_path
