@@ -93,7 +93,8 @@ def radfm_pipeline(params: PipelineParams = PipelineParams()) -> dict[str, Any]:
         reg = _run(tasks.register_model, refresh, timings, trained, bench["dir"], params.model_name, uri, example)
         result.update(version=reg["version"], model_id=reg["model_id"], model_name=params.model_name)
         if params.promote:
-            decision = _run(tasks.promote_model, False, timings, params.model_name, reg["version"], params.gate, uri)
+            decision = _run(tasks.promote_model, False, timings, params.model_name, reg["version"], params.gate, uri,
+                            trained["model_dir"])
             result["decision"] = {k: decision.get(k) for k in ("promoted", "refused", "reason", "version",
                                                                 "champion_version", "failed_families")}
     wall = time.perf_counter() - t_flow

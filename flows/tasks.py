@@ -6,6 +6,10 @@ Prefect UI) and tasks 1…N-1 come back as ``Cached`` instead of being redone. (
 training or RadBench result whose files were deleted since: a cache key cannot look at outputs, because the
 key is computed before the task runs and must be the same after it ran.) Every task returns the seconds
 of its own work so the flow can report how much of its wall time the orchestration cost.
+
+Lineage lands where people look in MLflow: RadBench writes its table into the training run's description,
+registration writes the model card (:mod:`radfm.registry.model_card`) beside the checkpoint, into the run's
+artifacts and into the registered version's description, and promotion fills in the card's gate decision.
 """
 
 from __future__ import annotations
@@ -186,11 +190,16 @@ def radbench(trained: dict[str, Any], manifest: str, root: str, spec: EvalSpec,
     if trained.get("run_id") and tracking_uri:
         import mlflow
 
+        from radfm.registry.model_card import run_description
+
         mlflow.set_tracking_uri(tracking_uri)
-        with mlflow.start_run(run_id=trained["run_id"]):
+        with mlflow.start_run(run_id=trained["run_id"]) as run:
             log_to_mlflow(summary, out_dir)
             if validation_dir and Path(validation_dir).is_dir():
                 mlflow.log_artifacts(validation_dir, "validation")
+            # The run page's description: what the run is judged by, without opening an artifact.
+            mlflow.set_tag("mlflow.note.content",
+                           run_description(summary, run.data.tags.get("radfm.data_version")))
     return {"dir": str(out_dir), "summary": summary, "seconds": time.perf_counter() - t0}
 
 
@@ -198,8 +207,9 @@ def radbench(trained: dict[str, Any], manifest: str, root: str, spec: EvalSpec,
       retry_condition_fn=_transient)
 def register_model(trained: dict[str, Any], radbench_dir: str, name: str, tracking_uri: str,
                    example_image: str | None) -> dict[str, Any]:
-    """Log the checkpoint as a pyfunc LoggedModel in the training run (RadBench metrics against its model id)
-    and register it as the ``challenger``. Cached on its inputs: a resumed run never registers twice."""
+    """Log the checkpoint as a pyfunc LoggedModel in the training run (RadBench metrics against its model id),
+    register it as the ``challenger`` and publish its model card (the version's description, ``MODEL_CARD.md``
+    beside the checkpoint and in the run). Cached on its inputs: a resumed run never registers twice."""
     import mlflow
 
     from radfm.registry.registry import register_checkpoint
@@ -214,14 +224,100 @@ def register_model(trained: dict[str, Any], radbench_dir: str, name: str, tracki
     else:
         mv = register_checkpoint(trained["model_dir"], radbench_dir, name=name, tracking_uri=tracking_uri,
                                  input_example_images=examples)
+    try:
+        card: str | None = publish_model_card(trained, radbench_dir, name, mv, tracking_uri)
+    except Exception as exc:  # noqa: BLE001 - a retry of this task would register the model a second time
+        log.warning("%s version %s is registered, but its model card could not be published (%s: %s); the "
+                    "registry's tags and the run's artifacts still hold its lineage", name, mv.version,
+                    type(exc).__name__, exc)
+        card = None
     model_id = (mv.tags or {}).get("radfm.model_id")
-    return {"name": name, "version": str(mv.version), "model_id": model_id, "run_id": mv.run_id,
+    return {"name": name, "version": str(mv.version), "model_id": model_id, "run_id": mv.run_id, "card": card,
             "seconds": time.perf_counter() - t0}
 
 
+def pipeline_parameters() -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """``(parameters, defaults)`` of the radfm-pipeline flow run this task runs in, as plain data (None outside
+    one): what the model card's reproduce command is made of."""
+    from prefect.context import FlowRunContext
+
+    from flows.params import PipelineParams
+
+    ctx = FlowRunContext.get()
+    if ctx is None or ctx.flow is None or ctx.flow.name != "radfm-pipeline":
+        return None
+    raw = (ctx.parameters or {}).get("params")  # absent when the flow ran with its default parameters
+    params = raw if isinstance(raw, PipelineParams) else PipelineParams.model_validate(raw or {})
+    return params.model_dump(mode="json"), PipelineParams().model_dump(mode="json")
+
+
+def publish_model_card(trained: dict[str, Any], radbench_dir: str, name: str, mv: Any, tracking_uri: str) -> str:
+    """Render the model card of the registered version ``mv``, write it beside the checkpoint, log it to the
+    version's run and make it the version's description → the card file's path."""
+    from radfm.registry.model_card import (
+        CARD_FILE,
+        card_inputs,
+        description,
+        render,
+        reproduce_command,
+        write_card,
+    )
+    from radfm.registry.registry import client
+
+    c = client(tracking_uri)
+    summary = json.loads((Path(radbench_dir) / "summary.json").read_text())
+    inputs = card_inputs(c, name, mv, summary, trained["model_dir"], run_id=trained.get("run_id"))
+    flow_params = pipeline_parameters()
+    if flow_params is not None:
+        inputs.command, inputs.command_notes = reproduce_command(*flow_params, inputs.data_version)
+    card = render(inputs)
+    path = write_card(card, trained["model_dir"])
+    if mv.run_id:
+        c.log_text(mv.run_id, card, CARD_FILE)
+    c.update_model_version(name, mv.version, description=description(inputs))
+    return str(path)
+
+
+def record_gate_decision(name: str, version: str, decision: dict[str, Any], tracking_uri: str,
+                         model_dir: str | None = None) -> None:
+    """Write the promotion gate's decision into the version's model card: its description, the run's
+    ``MODEL_CARD.md`` and, when ``model_dir`` is given, the one beside the checkpoint. A version without a card
+    (registered by `radfm register`) keeps its description as it is."""
+    from radfm.registry.model_card import (
+        CARD_FILE,
+        GATE_HEADING,
+        description_with_gate,
+        gate_markdown,
+        run_artifact_text,
+        with_gate,
+        write_card,
+    )
+    from radfm.registry.registry import client
+
+    if decision.get("reason") == "already champion":  # no new decision: the card keeps the one that made it so
+        return
+    c = client(tracking_uri)
+    mv = c.get_model_version(name, version)
+    before = mv.description or ""
+    if GATE_HEADING not in before:
+        return
+    after = description_with_gate(before, decision)
+    if after != before:
+        c.update_model_version(name, mv.version, description=after)
+    body = gate_markdown(decision)
+    logged = run_artifact_text(c, mv.run_id, CARD_FILE) if mv.run_id else None
+    if logged and GATE_HEADING in logged:
+        c.log_text(mv.run_id, with_gate(logged, body), CARD_FILE)
+    local = Path(model_dir) / CARD_FILE if model_dir else None
+    if local is not None and local.is_file():
+        write_card(with_gate(local.read_text(), body), local.parent)
+
+
 @task(name="promote", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_transient)
-def promote_model(name: str, version: str, gate: str | None, tracking_uri: str) -> dict[str, Any]:
-    """Move ``champion`` to ``version`` when it passes the gate against the current champion (idempotent)."""
+def promote_model(name: str, version: str, gate: str | None, tracking_uri: str,
+                  model_dir: str | None = None) -> dict[str, Any]:
+    """Move ``champion`` to ``version`` when it passes the gate against the current champion (idempotent), and
+    write the decision into the version's model card (also the copy in ``model_dir``, when given)."""
     from radfm.registry.promotion import Gate, promote
 
     t0 = time.perf_counter()
@@ -236,4 +332,9 @@ def promote_model(name: str, version: str, gate: str | None, tracking_uri: str) 
         text = path.read_text()
         gate_obj = Gate.from_dict(json.loads(text) if path.suffix == ".json" else yaml.safe_load(text))
     decision = promote(name, version=version, gate=gate_obj, tracking_uri=tracking_uri)
+    try:
+        record_gate_decision(name, version, decision.to_dict(), tracking_uri, model_dir)
+    except Exception as exc:  # noqa: BLE001 - the decision is recorded (version tags); a retry would find none new
+        log.warning("the gate's decision on %s version %s is in its promotion.* tags but not in its model card "
+                    "(%s: %s)", name, version, type(exc).__name__, exc)
     return {**decision.to_dict(), "seconds": time.perf_counter() - t0}

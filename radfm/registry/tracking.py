@@ -2,14 +2,20 @@
 
 One run per training (or one child run per sweep trial under the sweep's parent run). The default store is a
 SQLite file and an artifact folder under RADFM_HOME; a remote ``mlflow server`` URI works the same way.
+
+The data set is the run's MLflow dataset input (what the run page lists under "Datasets"): its name, the DVC
+data version as its digest, where it lives said without this machine's paths, and a summary of its question
+profile. Only aggregates go there, never a row: a manifest may carry patient identifiers.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
 import urllib.request
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +26,9 @@ log = logging.getLogger(__name__)
 # Set by the sweep callback (radfm.train.sweep) for the jobs of a Hydra multirun: each job's run becomes a child
 # of the sweep's parent run even when that parent is not the active run of this process (or of any process).
 PARENT_RUN_ENV = "RADFM_MLFLOW_PARENT_RUN_ID"
+# Families listed one by one in the dataset's profile (a table of free-text questions can have thousands; the
+# whole profile is the run's data/profile.json artifact).
+MAX_PROFILE_FAMILIES = 500
 
 
 def git_commit(cwd: str | Path | None = None) -> str:
@@ -144,6 +153,8 @@ class RunTracker:
         profile = load_profile(manifest)  # the question families the data described itself with
         if profile is not None:
             mlflow.log_dict(profile, "data/profile.json")
+        log_dataset_input(manifest, self.data_version, name=str(cfg.data.get("name") or ""),
+                          data_root=cfg.data.get("root"), profile=profile)
 
     def fail(self) -> None:
         """End this run as FAILED (training raised): the next run in the process must not nest under it."""
@@ -199,6 +210,89 @@ def _existing_parent(run_id: str | None) -> str | None:
                     run_id, mlflow.get_tracking_uri(), why)
         return None
     return run_id
+
+
+def dataset_source_uri(manifest: str | Path, data_root: str | Path | None = None) -> str:
+    """Where the manifest lives, in words that hold on another machine (never an absolute path of this one).
+
+    A remote URI (``s3://…``) is kept. A local manifest is named relative to the DVC-tracked folder that holds
+    it (``data/medmd-synth/manifest.jsonl`` inside the repository whose ``data.dvc`` tracks ``data/``), else
+    relative to RADFM_HOME (``$RADFM_HOME/…``), else by the data root's own name and the path inside it.
+    """
+    text = str(manifest)
+    if "://" in text:
+        return text
+    # Lexical, not resolve(): a data folder linked in from elsewhere is still named where the run found it.
+    path = _absolute(text)
+    for folder in path.parents:
+        if folder.parent == folder:
+            break
+        if (folder.parent / f"{folder.name}.dvc").is_file():  # `dvc add folder` wrote folder.dvc beside it
+            return path.relative_to(folder.parent).as_posix()
+    try:
+        return "$RADFM_HOME/" + path.relative_to(_absolute(os.environ.get("RADFM_HOME", ".radfm"))).as_posix()
+    except ValueError:
+        pass
+    root = _absolute(data_root) if data_root else path.parent
+    try:
+        return (Path(root.name) / path.relative_to(root)).as_posix()
+    except ValueError:  # a manifest outside its data root: its folder's name and its own
+        return (Path(path.parent.name) / path.name).as_posix()
+
+
+def _absolute(path: str | Path) -> Path:
+    return Path(os.path.abspath(Path(str(path)).expanduser()))
+
+
+def profile_summary(profile: dict[str, Any] | None) -> dict[str, Any]:
+    """The question profile in aggregates: rows per split, families per kind, and per family its kind, row
+    counts and number of choices. No row, no answer text: what goes to the tracking store and the model card."""
+    if not profile:
+        return {}
+    families = profile.get("families", [])
+    kinds: dict[str, int] = {}
+    for f in families:
+        kinds[f.get("kind", "open")] = kinds.get(f.get("kind", "open"), 0) + 1
+    return {"rows": dict(profile.get("rows", {})), "families": len(families), "kinds": kinds,
+            "per_family": [{"name": f.get("name"), "kind": f.get("kind"), "rows": dict(f.get("rows", {})),
+                            "choices": len(f.get("choices") or []), "report_like": bool(f.get("report_like"))}
+                           for f in families[:MAX_PROFILE_FAMILIES]],
+            "messages": len(profile.get("messages", [])) + sum(len(f.get("messages", [])) for f in families)}
+
+
+def log_dataset_input(manifest: str | Path, data_version: str, name: str = "", data_root: str | Path | None = None,
+                      profile: dict[str, Any] | None = None, context: str = "training") -> None:
+    """Log the data set as an MLflow dataset input of the active run: ``name`` (default: the data root's
+    folder), the data version as digest, :func:`dataset_source_uri` as source, :func:`profile_summary` as
+    profile."""
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    class ProfiledDataset(MetaDataset):
+        """A MetaDataset with a profile (MetaDataset has none, so the UI would show no profile)."""
+
+        def __init__(self, *args: Any, profile: dict[str, Any], **kwargs: Any) -> None:
+            self._profile = profile
+            super().__init__(*args, **kwargs)
+
+        @property
+        def profile(self) -> dict[str, Any]:
+            return self._profile
+
+        def to_dict(self) -> dict[str, str]:
+            return {**super().to_dict(), "profile": json.dumps(self._profile)}
+
+    uri = dataset_source_uri(manifest, data_root)
+    with warnings.catch_warnings():
+        # MLflow registers the local-file source twice (schemes "" and "file") and warns that it had to choose.
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        source = resolve_dataset_source(uri)
+    root_name = Path(str(data_root)).name if data_root else Path(str(manifest)).parent.name
+    # MLflow caps a digest at 36 characters; DVC's md5 is 32.
+    dataset = ProfiledDataset(source, name=name or root_name, digest=str(data_version)[:36],
+                              profile=profile_summary(profile))
+    mlflow.log_input(dataset, context=context)
 
 
 def compute_data_version(data_root: str) -> str:
