@@ -12,9 +12,16 @@ class DataSpec(BaseModel):
 
     - ``config``: whatever the Hydra ``data`` group says (MedMD-synth is generated, MedMNIST imported, a custom
       manifest used as is);
-    - ``dvc``: ``dvc pull`` of ``target`` in the DVC repository ``repo`` (its remote from ``.dvc/config`` or
-      ``RADFM_DVC_REMOTE_URL``); ``version`` pins the expected md5 and fails on anything else;
+    - ``dvc``: the folder ``target`` that ``<target>.dvc`` tracks in the DVC repository ``repo``, with the data
+      set's ``manifest`` inside it (``medmd-synth/manifest.jsonl``; its folder is the data root). With a DVC remote
+      (``remote``, the repository's default or ``RADFM_DVC_REMOTE_URL``) it is ``dvc pull``-ed first; without one
+      (the embedded default) the workspace is used as it is, and MedMD-synth is generated when it is missing.
+      ``version`` pins the expected md5 and fails on anything else;
     - ``ingest``: run an importer (``table``, ``dicom`` or ``medmnist``) from ``source`` into ``out`` first.
+
+    Whatever the kind, the run's data version is that of the DVC-tracked folder holding the data (``data/``, as
+    ``data.dvc`` records it and ``radfm data version`` prints it), else of the data root itself
+    (:func:`radfm.data.versioning.version_of`).
     """
 
     kind: Literal["config", "dvc", "ingest"] = "config"
@@ -26,7 +33,8 @@ class DataSpec(BaseModel):
     source: str | None = None
     out: str | None = None
     reports: str | None = None
-    manifest: str | None = Field(None, description="manifest path for dvc/ingest data (default: <root>/manifest.jsonl)")
+    manifest: str | None = Field(None, description="dvc: the manifest's path inside the tracked folder (default: "
+                                 "<target>/manifest.jsonl); ingest: its path (default: <out>/manifest.jsonl)")
 
 
 class EvalSpec(BaseModel):

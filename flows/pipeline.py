@@ -214,10 +214,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-promote", action="store_true")
     parser.add_argument("--eval-limit", type=int, default=None)
     parser.add_argument("--data-kind", choices=["config", "dvc"], default="config",
-                        help="config: the Hydra data group; dvc: `dvc pull` of --data-repo/--data-target")
+                        help="config: the Hydra data group; dvc: the DVC-tracked --data-repo/--data-target "
+                        "(`dvc pull`-ed first when a DVC remote is configured, else the workspace as it is)")
     parser.add_argument("--data-repo", default=".", help="DVC repository root (--data-kind dvc)")
-    parser.add_argument("--data-target", default="data", help="DVC-tracked folder holding manifest.jsonl")
-    parser.add_argument("--data-version", default=None, help="fail unless the pulled data has this md5")
+    parser.add_argument("--data-target", default="data", help="the DVC-tracked folder (--data-kind dvc)")
+    parser.add_argument("--data-manifest", default=None, help="the manifest inside --data-target, e.g. "
+                        "medmd-synth/manifest.jsonl (default: the folder's own manifest.jsonl)")
+    parser.add_argument("--data-version", default=None, help="fail unless the data has this version (md5)")
     parser.add_argument("--json", default=None, help="also write the run's result (timings, RadBench) here")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error, in Prefect's logs "
                         "too (also RADFM_DEBUG=1); without it a known error is one line, exit 2")
@@ -242,8 +245,7 @@ def run_command(args: argparse.Namespace) -> int:
 
     params = PipelineParams(overrides=args.overrides or ["experiment=demo_tiny"], refresh=args.refresh,
                             gate=args.gate, registry=not args.no_register, promote=not args.no_promote,
-                            eval=EvalSpec(limit=args.eval_limit), data=DataSpec(kind=args.data_kind, repo=args.data_repo, target=args.data_target,
-                                          version=args.data_version))
+                            eval=EvalSpec(limit=args.eval_limit), data=data_spec(args))
     t0 = time.perf_counter()
     preload_imports()
     result = radfm_pipeline(params)
@@ -265,6 +267,13 @@ def run_command(args: argparse.Namespace) -> int:
     if failing:
         print(f"WARNING: the model does not beat both baselines on {failing}: it is not learning from the images")
     return exit_code(result)
+
+
+def data_spec(args: argparse.Namespace) -> DataSpec:
+    """The ``--data-*`` options as the flow's data parameter (``--data-kind dvc --data-manifest
+    medmd-synth/manifest.jsonl`` is the data of the ``nightly-retrain`` deployment)."""
+    return DataSpec(kind=args.data_kind, repo=args.data_repo, target=args.data_target, manifest=args.data_manifest,
+                    version=args.data_version)
 
 
 def exit_code(result: dict[str, Any]) -> int:

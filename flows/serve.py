@@ -62,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
             crons = ", ".join(s["cron"] for s in d.get("schedules") or []) or "on demand"
             print(f"{d['name']:<18} {d['entrypoint']:<40} {crons}")
         return 0
+    if Path.cwd().resolve() != ROOT:
+        # The flow runs start here, and the deployments' data paths (`repo: "."`) are the checkout's, as the
+        # pull step of prefect.yaml makes them for a worker.
+        print(f"radfm flows: serving from {Path.cwd()}, not the checkout {ROOT}: relative paths in prefect.yaml "
+              "(the DVC data) are read from here; run it from the checkout", file=sys.stderr)
     from prefect import serve
 
     serve(*deployments)

@@ -64,7 +64,8 @@ def compose_config(config_name: str, overrides: list[str]) -> dict[str, Any]:
 
 @task(name="prepare-data", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_transient)
 def prepare_data(cfg: dict[str, Any], spec: DataSpec) -> dict[str, Any]:
-    """Make the dataset exist (generate, import or ``dvc pull``) → ``{cfg, manifest, root, version}``, with the
+    """Make the dataset exist (generate, import, or take the DVC-tracked folder: ``dvc pull`` first when a remote
+    is configured) → ``{cfg, manifest, root, version}``, with the
     question profile written beside the manifest when it is missing or stale (before the data version is
     computed, so the version covers it).
 
@@ -87,20 +88,21 @@ def prepare_data(cfg: dict[str, Any], spec: DataSpec) -> dict[str, Any]:
                 conf.data.manifest = str(find_manifest(root))
         manifest = ensure_dataset(conf.data)
     elif spec.kind == "dvc":
-        from radfm.data import versioning
+        from radfm.train.data_prep import prepare_tracked
 
-        pulled = versioning.pull(spec.repo, spec.target, remote=spec.remote)
-        if spec.version and pulled != spec.version:
-            raise ValueError(f"{spec.repo}/{spec.target}.dvc points at data version {pulled}, not {spec.version}: "
-                             "check out the git revision whose .dvc file has that version, then run again")
-        root = Path(spec.repo) / spec.target
-        manifest = Path(spec.manifest) if spec.manifest else find_manifest(root)
+        # `dvc pull` only when there is a remote; without one the workspace is the data (radfm.data.versioning).
+        root, manifest = prepare_tracked(conf.data, spec.repo, spec.target, spec.manifest, spec.remote)
     else:
         root, manifest = _ingest(spec)
     if not manifest.is_file():
         raise FileNotFoundError(f"the prepared data has no manifest at {manifest} (set data.manifest)")
     ensure_profile(manifest)
+    # One definition for every kind: the version of the DVC-tracked folder holding the data (data/ for
+    # data/medmd-synth, as data.dvc records it), else of the data root itself.
     version = compute_data_version(str(root))
+    if spec.version and version != spec.version:
+        raise ValueError(f"the data at {root} has version {version}, not {spec.version}: check out the git "
+                         "revision whose .dvc file has that version (and `radfm data pull`), then run again")
     with open_dict(conf):
         conf.data.root = str(root)
         conf.data.manifest = str(manifest)

@@ -29,10 +29,14 @@ def test_model_info_base():
     assert "13.12B parameters" in out.stdout
 
 
-def test_data_version_matches_data_dvc():
+def test_data_version_matches_data_dvc(tmp_path):
+    """A fresh clone (data.dvc, no data/ yet): `radfm data version` is what data.dvc records."""
+    import shutil
+
     import yaml
 
-    out = radfm("data", "version")
+    shutil.copy(ROOT / "data.dvc", tmp_path / "data.dvc")
+    out = radfm("data", "version", "--repo", str(tmp_path))
     expected = yaml.safe_load((ROOT / "data.dvc").read_text())["outs"][0]["md5"].removesuffix(".dir")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == expected

@@ -1,10 +1,14 @@
 """The dataset's version: ``data/`` tracked by DVC through ``data.dvc``, with an S3 remote (s3fs underneath).
 
-Every dataset has a version id: the md5 DVC records for the directory in ``data.dvc`` or, before the folder is
-tracked, the same digest computed here (DVC's directory hash: md5 of the sorted ``[{"md5", "relpath"}]`` list),
-so a run can always record what it trained on. DVC runs as a subprocess of this interpreter (``python -m dvc``):
-its Python API is not a stable interface and a ``Repo`` object holds locks. Credentials come from the standard
-AWS variables (or the AWS config files) and are never written to the DVC config.
+One definition of a data version, used by every run's tags, the registry, the retrain flow's comparison and
+``radfm data version``: **the md5 DVC computes for the tracked folder** (``data/``, not the data set inside it),
+computed here from the workspace without DVC (DVC's directory hash: md5 of the sorted ``[{"md5", "relpath"}]``
+list). When the workspace holds what ``data.dvc`` records, that is ``data.dvc``'s md5; when the data changed and
+was not ``dvc add``-ed yet, it is what ``dvc add`` would record, so a run never claims a version it did not see.
+A data set that no ``.dvc`` file tracks is versioned by the same digest of its own folder
+(:func:`version_of`). DVC runs as a subprocess of this interpreter (``python -m dvc``): its Python API is not a
+stable interface and a ``Repo`` object holds locks. Credentials come from the standard AWS variables (or the
+AWS config files) and are never written to the DVC config.
 """
 
 from __future__ import annotations
@@ -135,18 +139,80 @@ def read_dvc_file(repo_root: str | Path, target: str = "data") -> dict | None:
     return yaml.safe_load(path.read_text())
 
 
-def data_version(repo_root: str | Path, target: str = "data") -> str:
-    """The version id of ``target``: the md5 recorded in ``target.dvc`` (what was last added), or, when the
-    folder is not tracked yet, the same digest computed from its content. ``.dir`` is dropped."""
+def recorded_version(repo_root: str | Path, target: str = "data") -> str | None:
+    """The md5 ``target.dvc`` records (what was last ``dvc add``-ed, ``.dir`` dropped); None without one."""
     meta = read_dvc_file(repo_root, target)
-    if meta:
-        outs = meta.get("outs") or []
-        if outs and outs[0].get("md5"):
-            return str(outs[0]["md5"]).removesuffix(".dir")
+    outs = (meta or {}).get("outs") or []
+    if outs and outs[0].get("md5"):
+        return str(outs[0]["md5"]).removesuffix(".dir")
+    return None
+
+
+def data_version(repo_root: str | Path, target: str = "data") -> str:
+    """The version id of ``target``: the md5 DVC computes for it in the workspace (equal to ``target.dvc``'s when
+    the workspace holds what was last added), or, while the workspace has no ``target`` (not pulled yet), the md5
+    ``target.dvc`` records. A workspace that differs from ``target.dvc`` is logged: ``radfm data add`` records
+    it."""
     path = Path(repo_root) / target
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist and {path}.dvc is absent: no data to version")
-    return content_hash(path)
+    recorded = recorded_version(repo_root, target)
+    if path.exists():
+        version = content_hash(path)
+        if recorded and recorded != version:
+            log.warning("%s differs from what %s.dvc records (%s): its version is %s; `radfm data add` records it "
+                        "(then commit %s.dvc)", path, target, recorded, version, target)
+        return version
+    if recorded:
+        return recorded
+    raise FileNotFoundError(f"{path} does not exist and {path}.dvc is absent: no data to version")
+
+
+def tracked_target(path: str | Path) -> tuple[Path, str] | None:
+    """``(repo_root, target)`` of the DVC-tracked folder that holds ``path`` (``path`` itself or a folder above it
+    with ``<folder>.dvc`` beside it, as ``dvc add`` writes it): ``data/medmd-synth`` → ``(., "data")``. Lexical:
+    a data folder linked in from elsewhere is versioned where the run found it."""
+    full = Path(os.path.abspath(Path(str(path)).expanduser()))
+    for folder in (full, *full.parents):
+        if folder.parent == folder:
+            break
+        if (folder.parent / f"{folder.name}.dvc").is_file():
+            return folder.parent, folder.name
+    return None
+
+
+def version_of(data_root: str | Path) -> str:
+    """The data version of a run on ``data_root``: :func:`data_version` of the DVC-tracked folder that holds it
+    (``data/`` for ``data/medmd-synth``: what ``data.dvc`` records and ``radfm data version`` prints), else the
+    same digest of ``data_root`` itself (what ``dvc add`` would record for it)."""
+    found = tracked_target(data_root)
+    if found is not None:
+        return data_version(*found)
+    return content_hash(data_root)
+
+
+def default_remote(repo_root: str | Path) -> str | None:
+    """The remote ``dvc pull`` uses without ``-r`` (``core.remote`` at any config level, ``config.local``
+    included), or None: no remote configured, or ``repo_root`` is not inside a DVC repository."""
+    try:
+        name = _dvc(repo_root, "config", "core.remote", timeout=120).strip()
+    except VersioningError:
+        return None
+    return name or None
+
+
+def sync(repo_root: str | Path, target: str = "data", remote: str | None = None) -> str | None:
+    """Make the workspace hold the data version ``target.dvc`` records when there is a remote to pull it from
+    (``remote``, else DVC's default remote, else ``RADFM_DVC_REMOTE_URL``, configured locally as ``radfm data
+    pull`` does) → the remote pulled from. Without one (the embedded default: data made here, nothing pushed
+    yet) the workspace stays as it is and None comes back; :func:`data_version` versions what is there."""
+    name = remote or default_remote(repo_root)
+    url = os.environ.get("RADFM_DVC_REMOTE_URL")
+    if name is None and url:
+        init_repo(repo_root)
+        name = configure_remote(repo_root, url, local=True)
+    if name is None:
+        return None
+    pull(repo_root, target, remote=remote)
+    return name
 
 
 def _md5_file(path: Path) -> str:

@@ -296,13 +296,14 @@ def log_dataset_input(manifest: str | Path, data_version: str, name: str = "", d
 
 
 def compute_data_version(data_root: str) -> str:
-    """DVC's directory hash of the dataset folder (equals the md5 in ``data.dvc`` for the default data)."""
-    from radfm.data.versioning import content_hash
+    """The data version of a run on ``data_root`` (:func:`radfm.data.versioning.version_of`: DVC's md5 of the
+    tracked folder that holds it, ``data/`` for the default data, as ``data.dvc`` records it); ``missing`` when
+    there is no such folder."""
+    from radfm.data.versioning import version_of
 
-    root = Path(data_root)
-    if not root.exists():
+    if not Path(data_root).exists():
         return "missing"
-    return content_hash(root)
+    return version_of(data_root)
 
 
 def _chunks(d: dict[str, Any], n: int) -> list[dict[str, Any]]:

@@ -96,9 +96,10 @@ def test_dvc_add_push_wipe_pull_roundtrip_on_s3(moto_server, git_repo: Path) -> 
     assert versioning.pull(git_repo) == version
     assert _hashes(data) == before
 
-    # A changed file changes the version once it is added; data.dvc keeps the last added one until then.
+    # A changed file is a new version at once (the workspace, as DVC computes it); data.dvc keeps the last added one.
     (data / "images" / "img0.png").write_bytes(_png_bytes(7))
-    assert versioning.data_version(git_repo) == version
+    assert versioning.data_version(git_repo) == versioning.content_hash(data) != version
+    assert versioning.recorded_version(git_repo, "data") == version
     new_version = versioning.add(git_repo, "data")
     assert new_version != version
     assert new_version == versioning.content_hash(data)
