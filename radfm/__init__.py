@@ -1,7 +1,8 @@
 """radfm: a reproducible platform for a generalist radiology foundation model (RadFM-style).
 
 Importing the package turns off telemetry, hub downloads and cloud-metadata probes for every service it drives,
-unless the user has set the variable already: the library must work offline and never phone home.
+unless the user has set the variable already: the library must work offline and never phone home. It also turns
+off MLflow's download bar (:data:`QUIET_DEFAULTS`), the same way.
 """
 
 from __future__ import annotations
@@ -23,5 +24,11 @@ OFFLINE_DEFAULTS: dict[str, str] = {
     "AWS_EC2_METADATA_DISABLED": "true",
 }
 
-for _key, _value in OFFLINE_DEFAULTS.items():
+# Output a log reader cannot use, off unless the user sets it: MLflow draws a "Downloading artifacts" bar each time
+# it loads a model (registration loads it to check the input example); radfm.progress reports the long work.
+QUIET_DEFAULTS: dict[str, str] = {
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+
+for _key, _value in {**OFFLINE_DEFAULTS, **QUIET_DEFAULTS}.items():
     os.environ.setdefault(_key, _value)

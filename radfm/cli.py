@@ -443,7 +443,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["synth"]:
         # MedMD-synth owns its own argument parser: hand it everything after the sub-command.
         from radfm.data import synth
+        from radfm.logs import show_progress
 
+        show_progress()  # the generator's progress lines (no logging is configured here)
         return run_guarded(prog, lambda: synth.main(argv[1:]), debug)
     if argv[:1] == ["demo"] and "--quick" not in argv and not {"-h", "--help"} & set(argv):
         # The main job: the pipeline flow on the embedded default (its parser takes --refresh, overrides …).
@@ -460,9 +462,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.debug = debug or bool(getattr(args, "debug", False))
 
     def run() -> int:
+        from radfm.logs import show_progress
         from radfm.paths import configure_caches
 
         configure_caches()
+        show_progress()  # ingest, eval …: their progress lines (no logging is configured here)
         return int(args.func(args) or 0)
 
     return run_guarded(prog, run, args.debug)

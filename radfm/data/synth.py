@@ -43,6 +43,7 @@ from radfm.data.synth_scene import (
 )
 from radfm.data.synth_scene import render as render_scene
 from radfm.eval.baselines import baselines, majority
+from radfm.progress import track
 
 SOURCE = "medmd-synth"
 # Question family -> manifest task. "location" rows are closed (left/right) or open ("right upper").
@@ -211,7 +212,7 @@ def generate(cfg: SynthConfig, out_dir: str | Path) -> Path:
     samples: list[Sample] = []
     scenes: list[dict[str, Any]] = []
     balance: Counter = Counter()
-    for idx in range(cfg.n_samples):
+    for idx in track(range(cfg.n_samples), "MedMD-synth", unit="image", item="images"):
         # Pixels and text each have their own per-image stream, so an image does not depend on the others.
         rng = np.random.default_rng([cfg.seed, 0, idx])
         text_rng = random.Random(f"{SOURCE}:{cfg.seed}:{idx}")

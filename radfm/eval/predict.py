@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -11,6 +12,7 @@ from radfm.data.datamodule import RadFMDataset
 from radfm.data.manifest import Sample
 from radfm.model.multimodal import RadFMModel
 from radfm.model.tokenizer import RadFMTokenizer
+from radfm.progress import ProgressReporter
 
 
 @dataclass
@@ -70,10 +72,12 @@ class _ImageFeatures:
 
 @torch.no_grad()
 def predict(model: RadFMModel, tokenizer: RadFMTokenizer, samples: Sequence[Sample], ds: RadFMDataset,
-            batch_size: int = 16, max_new_tokens: int = 128, ablate: bool = False) -> list[Prediction]:
+            batch_size: int = 16, max_new_tokens: int = 128, ablate: bool = False,
+            progress: str | None = None) -> list[Prediction]:
     """Answer every sample: ``choices`` → rank by log p(answer | prompt, images); otherwise greedy generation.
 
-    Each sample's images are encoded once, however many candidate rows score them.
+    Each sample's images are encoded once, however many candidate rows score them. ``progress`` names the work
+    in progress lines (:mod:`radfm.progress`; rows = candidate rows + open questions); None reports nothing.
     """
     model.eval()
     out: list[Prediction | None] = [None] * len(samples)
@@ -84,6 +88,26 @@ def predict(model: RadFMModel, tokenizer: RadFMTokenizer, samples: Sequence[Samp
     rows: list[tuple[int, str]] = [(i, c) for i, s in enumerate(samples) if s.choices for c in s.choices]
     last_row = {i: r for r, (i, _) in enumerate(rows)}
     scores: dict[tuple[int, str], float] = {}
+    open_idx = [i for i, s in enumerate(samples) if not s.choices]
+    reporter = ProgressReporter(progress, len(rows) + len(open_idx), unit="row", item="rows") if progress else None
+    with reporter or nullcontext():
+        _score_closed(model, tokenizer, samples, rows, last_row, positions, features, scores, batch_size, reporter)
+        _generate_open(model, tokenizer, samples, open_idx, positions, features, out, batch_size, max_new_tokens,
+                       reporter)
+    for i, s in enumerate(samples):
+        if s.choices:
+            logits = torch.tensor([scores[(i, c)] for c in s.choices])
+            probs = torch.softmax(logits, dim=0).tolist()
+            best = s.choices[int(torch.argmax(logits))]
+            out[i] = Prediction(best, dict(zip(s.choices, probs)), dict(zip(s.choices, logits.tolist())))
+    return [p for p in out if p is not None]
+
+
+def _score_closed(model: RadFMModel, tokenizer: RadFMTokenizer, samples: Sequence[Sample],
+                  rows: list[tuple[int, str]], last_row: dict[int, int], positions: list[list[int | None]],
+                  features: _ImageFeatures, scores: dict[tuple[int, str], float], batch_size: int,
+                  reporter: ProgressReporter | None) -> None:
+    """log p(candidate | prompt, images) of every closed row into ``scores``."""
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
         encs = [tokenizer.format_prompt(samples[i].question, cand, positions[i]) for i, cand in chunk]
@@ -96,14 +120,14 @@ def predict(model: RadFMModel, tokenizer: RadFMTokenizer, samples: Sequence[Samp
             scores[(i, cand)] = value
         # A sample whose candidates are all scored never comes back: free its features.
         features.drop([i for i, _ in chunk if last_row[i] < start + batch_size])
-    for i, s in enumerate(samples):
-        if s.choices:
-            logits = torch.tensor([scores[(i, c)] for c in s.choices])
-            probs = torch.softmax(logits, dim=0).tolist()
-            best = s.choices[int(torch.argmax(logits))]
-            out[i] = Prediction(best, dict(zip(s.choices, probs)), dict(zip(s.choices, logits.tolist())))
+        if reporter is not None:
+            reporter.update(advance=len(chunk))
 
-    open_idx = [i for i, s in enumerate(samples) if not s.choices]
+
+def _generate_open(model: RadFMModel, tokenizer: RadFMTokenizer, samples: Sequence[Sample], open_idx: list[int],
+                   positions: list[list[int | None]], features: _ImageFeatures, out: list[Prediction | None],
+                   batch_size: int, max_new_tokens: int, reporter: ProgressReporter | None) -> None:
+    """Greedy answers of the open questions into ``out``."""
     for start in range(0, len(open_idx), batch_size):
         chunk = open_idx[start:start + batch_size]
         encs = [tokenizer.format_prompt(samples[i].question, None, positions[i]) for i in chunk]
@@ -115,4 +139,5 @@ def predict(model: RadFMModel, tokenizer: RadFMTokenizer, samples: Sequence[Samp
                              eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id, image_features=feats)
         for i, row in zip(chunk, new.tolist()):
             out[i] = Prediction(tokenizer.decode(row))
-    return [p for p in out if p is not None]
+        if reporter is not None:
+            reporter.update(advance=len(chunk))

@@ -23,6 +23,7 @@ from radfm.eval import metrics as M
 from radfm.eval.baselines import blind_answer, family, fit_blind
 from radfm.eval.predict import Prediction, predict
 from radfm.eval.report import summary_markdown, write_html_report
+from radfm.progress import ProgressReporter
 
 log = logging.getLogger(__name__)
 
@@ -158,16 +159,22 @@ def evaluate(model: Any, tokenizer: Any, cfg: EvalConfig, out_dir: str | Path, c
     train = [s for s in samples if s.split == "train"] or test
     ds = RadFMDataset(test, cfg.data_root, tokenizer, cfg.transform, train=False, cache=cache)
     systems: dict[str, list[Prediction]] = {
-        "model": predict(model, tokenizer, test, ds, cfg.batch_size, cfg.max_new_tokens),
+        "model": predict(model, tokenizer, test, ds, cfg.batch_size, cfg.max_new_tokens, progress="RadBench model"),
         "blind": blind_answers(train, test),
     }
     if cfg.ablate:
-        systems["ablated"] = predict(model, tokenizer, test, ds, cfg.batch_size, cfg.max_new_tokens, ablate=True)
-    summary = summarise(test, systems, cfg.embedding)
-    write_predictions(out_dir / "predictions.csv", test, systems)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
-    (out_dir / "summary.md").write_text(summary_markdown(summary))
-    write_html_report(out_dir, test, systems, summary, cfg.data_root)
+        systems["ablated"] = predict(model, tokenizer, test, ds, cfg.batch_size, cfg.max_new_tokens, ablate=True,
+                                     progress="RadBench image-ablated")
+    # Scoring (embeddings of every open answer) and the report take a while on a CPU: a reporter open over
+    # them keeps the progress lines coming (its heartbeat) until RadBench is done.
+    with ProgressReporter("RadBench scores and report", 2, unit="part", item="parts") as phase:
+        summary = summarise(test, systems, cfg.embedding)
+        phase.update()
+        write_predictions(out_dir / "predictions.csv", test, systems)
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+        (out_dir / "summary.md").write_text(summary_markdown(summary))
+        write_html_report(out_dir, test, systems, summary, cfg.data_root)
+        phase.update()
     return summary
 
 

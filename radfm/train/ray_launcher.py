@@ -231,11 +231,13 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     from ray.train.lightning import RayLightningEnvironment, prepare_trainer
 
+    from radfm.logs import quiet_third_party
     from radfm.model.tokenizer import RadFMTokenizer
     from radfm.paths import configure_caches
     from radfm.train import builder
     from radfm.train.allocator import keep_freed_memory
 
+    quiet_third_party()
     cfg = OmegaConf.create(config["cfg"])
     run_dir = Path(config["run_dir"])
     ctx = ray.train.get_context()

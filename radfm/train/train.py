@@ -12,6 +12,7 @@ from omegaconf import DictConfig, open_dict
 
 from radfm.data.errors import Quarantine
 from radfm.data.manifest import read_manifest
+from radfm.logs import quiet_third_party
 from radfm.model import factory
 from radfm.model.checkpoint import save_pretrained
 from radfm.model.config import RadFMConfig
@@ -59,6 +60,7 @@ def run_dir_of(cfg: DictConfig) -> Path:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train one model as ``cfg`` says and return its final metrics (floats)."""
     configure_caches()
+    quiet_third_party()  # before Lightning's first line (the seed): each line once, no advertising
     keep_freed_memory()
     L.seed_everything(cfg.seed, workers=True)
     manifest = ensure_dataset(cfg.data)

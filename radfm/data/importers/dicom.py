@@ -91,6 +91,7 @@ def ingest_dicom_folder(
     text_cols = _report_columns(columns, report_col, reports_csv)
     phi_cols = [c for low, c in columns.items()
                 if any(h in low for h in _PHI_COLUMN_HINTS) and c not in (key_col, *text_cols)]
+    run.total = len(df)
     with _quiet_pydicom():
         index = _scan_dicom(dicom_root, salt)
         used: set[str] = set()

@@ -19,6 +19,7 @@ import numpy as np
 from radfm.data.errors import Quarantine, SampleError, check_on_error
 from radfm.data.manifest import SPLITS, Sample, write_manifest
 from radfm.data.profile import ensure_profile
+from radfm.progress import ProgressReporter
 
 log = logging.getLogger(__name__)
 
@@ -84,17 +85,27 @@ class _Run:
         self.rows_in = 0
         self.rows_out = 0
         self.limits: Any = None  # the readers' ImageLimits for the probes at ingest (None: the defaults)
+        self.total: int | None = None  # the rows to come, when the importer knows (the ETA of the progress)
+        self.progress: ProgressReporter | None = None  # started by the first row: a refused input draws no bar
 
     def row(self, fn: Callable[[], list[Sample]]) -> None:
         """Run one input row; its samples are kept, or its SampleError raised / quarantined."""
         self.rows_in += 1
+        if self.progress is None:
+            self.progress = ProgressReporter(f"{self.stage} {self.source}", self.total, unit="row", item="rows")
         try:
             samples = fn()
         except SampleError as err:
             if self.on_error == "raise":
+                self.progress.close(failed=True)
                 raise
             self.quarantine.add(err, self.stage)
+            self.progress.update(self.rows_in)
             return
+        except BaseException:
+            self.progress.close(failed=True)  # the import stops here: its bar is finished, not left drawn
+            raise
+        self.progress.update(self.rows_in)
         self.samples.extend(samples)
         self.rows_out += 1
 
@@ -107,6 +118,8 @@ class _Run:
         return samples
 
     def finish(self) -> tuple[list[Sample], Quarantine]:
+        if self.progress is not None:
+            self.progress.close()
         if self.rows_in != self.rows_out + len(self.quarantine):
             raise RuntimeError(f"{self.source}: {self.rows_in} rows in but {self.rows_out} out + "
                                f"{len(self.quarantine)} quarantined")

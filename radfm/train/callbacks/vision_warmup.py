@@ -18,6 +18,8 @@ from typing import Any
 import lightning as L
 import torch
 
+from radfm.progress import ProgressReporter
+from radfm.train.callbacks.progress import WARMUP_KEY, TrainProgress, batch_samples
 from radfm.train.objectives import Objective, StepEncoding
 
 log = logging.getLogger(__name__)
@@ -92,7 +94,7 @@ def _apply(loss: torch.Tensor, opt: torch.optim.Optimizer, sched: Any, params: l
 def warm_up_vision(module: Any, batches: Iterable[dict[str, Any]], steps: int, lr: float,
                    weight_decay: float = 0.01, clip: float = 1.0, head_lr: float | None = None,
                    autocast_dtype: torch.dtype | None = None, ramp: int = 0,
-                   encoder_lr: float | None = None) -> dict[str, float]:
+                   encoder_lr: float | None = None, progress: ProgressReporter | None = None) -> dict[str, float]:
     """Train ``module.model.vision`` and the module's image-only objectives for ``steps`` steps.
 
     ``module`` is a :class:`radfm.train.module.RadFMLitModule`; ``batches`` an iterable of training batches
@@ -102,7 +104,9 @@ def warm_up_vision(module: Any, batches: Iterable[dict[str, Any]], steps: int, l
     ``head_lr``; both default ``lr``), reached by a linear ramp over the first ``ramp`` steps, then a linear
     decay to 0.1 × ``lr``; its state is dropped after (the joint fit starts its own optimizer).
     ``autocast_dtype`` (e.g. ``torch.bfloat16``, what a ``bf16-mixed`` fit uses) runs the forward under
-    autocast, as the fit will; the weights stay fp32. Returns the first and last loss and the seconds spent.
+    autocast, as the fit will; the weights stay fp32. ``progress`` (e.g. from
+    :meth:`radfm.train.callbacks.TrainProgress.reporter`) reports each step and is closed at the end; None reports
+    nothing. Returns the first and last loss and the seconds spent.
     """
     if steps <= 0:
         return {"steps": 0.0, "seconds": 0.0}
@@ -120,30 +124,33 @@ def warm_up_vision(module: Any, batches: Iterable[dict[str, Any]], steps: int, l
     t0 = time.perf_counter()
     first = last = float("nan")
     done = epoch = 0
-    while done < steps:
-        sampler = getattr(batches, "batch_sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)  # a new shuffle each pass, as the fit loop would do
-        seen = 0
-        for batch in batches:
-            if done >= steps:
-                break
-            seen += 1
-            with (torch.autocast(device, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()):
-                loss = _loss(module, objectives, batch)
-            if loss is None:  # a batch with no labelled image row teaches the heads nothing
-                continue
-            last = _apply(loss, opt, sched, params, clip)
-            first = last if done == 0 else first
-            done += 1
-            if done % 50 == 0 or done == steps:
-                log.info("vision warm-up step %d/%d: loss %.4f", done, steps, last)
-        if seen == 0:
-            raise ValueError("vision warm-up: the training loader yielded no batch")
-        if done == 0:
-            raise ValueError("vision warm-up: no training batch gave the image-only objectives anything to learn "
-                             "(no row carries label_names for label_head, nor answer text for contrastive)")
-        epoch += 1
+    with progress or nullcontext():
+        while done < steps:
+            sampler = getattr(batches, "batch_sampler", None)
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(epoch)  # a new shuffle each pass, as the fit loop would do
+            seen = 0
+            for batch in batches:
+                if done >= steps:
+                    break
+                seen += 1
+                with (torch.autocast(device, dtype=autocast_dtype) if autocast_dtype is not None
+                      else nullcontext()):
+                    loss = _loss(module, objectives, batch)
+                if loss is None:  # a batch with no labelled image row teaches the heads nothing
+                    continue
+                last = _apply(loss, opt, sched, params, clip)
+                first = last if done == 0 else first
+                done += 1
+                if progress is not None:
+                    progress.update(done, items=batch_samples(batch), loss=last)
+            if seen == 0:
+                raise ValueError("vision warm-up: the training loader yielded no batch")
+            if done == 0:
+                raise ValueError("vision warm-up: no training batch gave the image-only objectives anything to "
+                                 "learn (no row carries label_names for label_head, nor answer text for "
+                                 "contrastive)")
+            epoch += 1
     opt.zero_grad(set_to_none=True)
     module.train(was_training)
     return {"steps": float(done), "first_loss": first, "last_loss": last, "seconds": time.perf_counter() - t0}
@@ -185,11 +192,15 @@ class VisionWarmup(L.Callback):
         text = any(o.reads_text for o in vision_objectives(pl_module))
         batches = trainer.datamodule.train_dataloader() if text else trainer.datamodule.warmup_dataloader()
         steps = 1 if trainer.fast_dev_run else self.budget(batches)
+        # The fit's progress settings (conf/callbacks/default.yaml); only rank 0 reports.
+        reporter = next((c for c in getattr(trainer, "callbacks", ()) if isinstance(c, TrainProgress)), None)
+        progress = (reporter.reporter("vision warm-up", steps, key=WARMUP_KEY)
+                    if reporter is not None and getattr(trainer, "is_global_zero", True) else None)
         stats = warm_up_vision(pl_module, batches, steps, self.lr,
                                weight_decay=self.weight_decay,
                                head_lr=float(self.head_lr) if self.head_lr else None, ramp=self.ramp,
                                encoder_lr=float(self.encoder_lr) if self.encoder_lr else None,
-                               autocast_dtype=autocast_dtype(str(trainer.precision)))
+                               autocast_dtype=autocast_dtype(str(trainer.precision)), progress=progress)
         log.info("vision warm-up: %d steps in %.1f s, loss %.4f -> %.4f", int(stats["steps"]), stats["seconds"],
                  stats["first_loss"], stats["last_loss"])
         self.stats = {f"warmup/{k}": v for k, v in stats.items()}
