@@ -22,6 +22,7 @@ OFFLINE_DEFAULTS: dict[str, str] = {
     # boto's credential chain ends in a probe of the cloud metadata address (169.254.169.254): off, so a missing
     # S3 key is reported at once (radfm.data.remote) and nothing is sent off the machine to look for one
     "AWS_EC2_METADATA_DISABLED": "true",
+    "GRADIO_ANALYTICS_ENABLED": "False",  # `radfm app`: Gradio reports usage to its servers unless told not to
 }
 
 # Output a log reader cannot use, off unless the user sets it: MLflow draws a "Downloading artifacts" bar each time

@@ -346,6 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", action="append", default=[], help="an image or scan (repeatable)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="at most the model's context minus the prompt")
 
+    from radfm.app import add_parser as add_app_parser  # cheap: Gradio and the model load only when it runs
+
+    add_app_parser(sub)
+
     _hand_off(sub, "synth", "generate MedMD-synth (`radfm synth --help`)", "--out DIR, --n, --seed, --variant …")
 
     p = command("ingest", "import your own data into a manifest")
@@ -388,7 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
             ("add", "record the folder's version (dvc add → data.dvc; commit that file)", [repo, remote]),
             ("push", "upload the recorded version to the S3 remote", [repo, remote]),
             ("pull", "download the recorded version from the S3 remote", [repo, remote]),
-            ("version", "print the folder's version (the md5 data.dvc records, the one every run logs)", [repo])):
+            ("version", "print the folder's version (the md5 DVC computes for it in the workspace: data.dvc's once "
+             "added; the one every run logs)", [repo])):
         actions.add_parser(action, help=help, description=help, parents=parents).set_defaults(func=_data)
 
     p = command("validate", "Great Expectations suites on a manifest and its images", _validate)

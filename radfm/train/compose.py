@@ -33,5 +33,10 @@ def to_container(cfg: DictConfig) -> dict[str, Any]:
 def fingerprint(cfg: DictConfig | dict[str, Any], *extra: str) -> str:
     """A short stable hash of the resolved config (and e.g. the data version): names a reproducible run."""
     data = to_container(cfg) if isinstance(cfg, DictConfig) else cfg
+    # How often progress is printed changes nothing the run computes: it must not rename the run (or miss the
+    # flows' cache).
+    callbacks = data.get("callbacks") if isinstance(data, dict) else None
+    if isinstance(callbacks, dict) and "progress" in callbacks:
+        data = {**data, "callbacks": {k: v for k, v in callbacks.items() if k != "progress"}}
     blob = json.dumps([data, list(extra)], sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]

@@ -66,3 +66,13 @@ def test_a_short_run_reports_warm_up_and_fit_and_prints_each_line_once(make_cfg,
     for message in spoken:  # each of Lightning's lines once, whatever the handler's format
         assert sum(message in line for line in err) == 1, message
     assert not [line for line in err if "litlogger" in line or "litmodels" in line or "Tip:" in line]
+
+
+def test_progress_settings_do_not_rename_the_run():
+    """The run name hashes what the run computes; how often it prints progress is not part of that."""
+    from radfm.train.compose import fingerprint
+
+    base = {"seed": 0, "callbacks": {"progress": {"every_s": None}, "vision_warmup": {"steps": 3}}}
+    other = {"seed": 0, "callbacks": {"progress": {"every_s": 5.0}, "vision_warmup": {"steps": 3}}}
+    changed = {"seed": 0, "callbacks": {"progress": {"every_s": None}, "vision_warmup": {"steps": 4}}}
+    assert fingerprint(base) == fingerprint(other) != fingerprint(changed)
