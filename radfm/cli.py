@@ -192,6 +192,20 @@ def _register(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rollback(args: argparse.Namespace) -> int:
+    from radfm.registry.promotion import rollback
+    from radfm.registry.registry import RegistryError, default_tracking_uri
+
+    try:
+        uri = default_tracking_uri()
+        _require_registry(uri)
+        moved = rollback(args.name, to=args.to, tracking_uri=uri)
+    except (RegistryError, ConnectionError, ValueError) as exc:
+        return report("radfm rollback", exc, args.debug, known=True)
+    print(f"{args.name}: champion is version {moved['to']} again (was {moved['from']})")
+    return 0
+
+
 def _promote(args: argparse.Namespace) -> int:
     import json
 
@@ -337,6 +351,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", default=None, help="version to promote (default: the challenger)")
     p.add_argument("--gate", default=None, help="gate as YAML/JSON (required_tasks, min_gain, max_regression, floors, "
                    "baselines, min_family_rows); refused: exit 2")
+
+    p = command("rollback", "move `champion` back to the previous champion (no gate: an operator's decision, "
+                "recorded on both versions)", _rollback)
+    p.add_argument("--name", default="radfm", help="registered model name")
+    p.add_argument("--to", default=None, help="the version to restore (default: the newest earlier version the "
+                   "gate promoted)")
 
     p = command("predict", "answer a prompt about one or more images with a registered model (limits: the model's "
                 "context, RADFM_MAX_IMAGES images (16), the readers' image size limits)", _predict)

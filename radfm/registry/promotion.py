@@ -303,6 +303,47 @@ def _record(c: Any, name: str, mv: Any, decision: Decision, gate: Gate) -> None:
         c.update_model_version(name, mv.version, description=(description + "\n" + line).strip())
 
 
+def rollback(name: str = DEFAULT_NAME, to: str | int | None = None, tracking_uri: str | None = None) -> dict[str, str]:
+    """Move ``champion`` back to ``to`` (default: the newest version older than today's champion that the gate
+    once promoted), without a gate: an operator's decision after a champion misbehaves in service. The move is
+    recorded on both versions (tag ``promotion.rollback`` and a description line). Returns ``{"from", "to"}``.
+    Raises :class:`RegistryError` when there is no champion, no earlier promoted version, or ``to`` was never
+    promoted (a version the gate refused does not come back this way: promote it through the gate instead)."""
+    from mlflow.exceptions import MlflowException
+
+    c = client(tracking_uri)
+    try:
+        champ = version_by_alias(c, name, CHAMPION)
+        if champ is None:
+            raise RegistryError(f"registered model {name!r} has no '{CHAMPION}': nothing to roll back")
+        versions = {str(v.version): v for v in c.search_model_versions(f"name='{name}'")}
+    except MlflowException as exc:
+        raise RegistryError(f"cannot read {name} from the registry at {c.tracking_uri}: {exc.message}") from None
+    promoted = sorted((int(k) for k, v in versions.items() if (v.tags or {}).get("promotion.decision") == "promoted"
+                       and int(k) != int(champ.version)), reverse=True)
+    if to is None:
+        earlier = [v for v in promoted if v < int(champ.version)]
+        if not earlier:
+            raise RegistryError(f"{name} version {champ.version} is the first champion: there is no earlier one to "
+                                "roll back to")
+        target = str(earlier[0])
+    else:
+        target = str(to)
+        if target not in versions:
+            raise RegistryError(f"{name} has no version {target}")
+        if int(target) not in promoted:
+            raise RegistryError(f"{name} version {target} was never promoted by the gate (or is the champion): "
+                                "promote it with `radfm promote --version` instead")
+    line = f"[rollback] champion moved back from version {champ.version} to version {target}"
+    for version in (str(champ.version), target):
+        c.set_model_version_tag(name, version, "promotion.rollback", line)
+        description = versions[version].description or ""
+        c.update_model_version(name, version, description=(description + "\n" + line).strip())
+    c.set_registered_model_alias(name, CHAMPION, target)
+    log.info("%s: %s", name, line)
+    return {"from": str(champ.version), "to": target}
+
+
 def history(name: str = DEFAULT_NAME, tracking_uri: str | None = None) -> list[dict[str, Any]]:
     """Every version's promotion record, oldest first (read back from the registry)."""
     c = client(tracking_uri)
