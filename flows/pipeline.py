@@ -204,15 +204,23 @@ def quiet_console_tracebacks() -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line of ``python -m flows.pipeline`` (and of ``radfm pipeline`` / ``radfm demo``)."""
+    return build_parser().parse_args(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of :func:`parse_args` (a test walks it: every option has help)."""
     parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides (default: experiment=demo_tiny)")
     parser.add_argument("--refresh", action="store_true", help="recompute cached stages")
     parser.add_argument("--gate", default=None, help="promotion gate YAML/JSON (default: the built-in gate, which "
                         "refuses a version that does not beat both baselines on every closed family with >= 20 test "
                         "rows; `baselines: false` relaxes it). Refused: exit 2")
-    parser.add_argument("--no-register", action="store_true")
-    parser.add_argument("--no-promote", action="store_true")
-    parser.add_argument("--eval-limit", type=int, default=None)
+    parser.add_argument("--no-register", action="store_true", help="stop after RadBench: no MLflow model, no "
+                        "registry version (and so no promotion)")
+    parser.add_argument("--no-promote", action="store_true", help="register the version as challenger but leave "
+                        "champion where it is (`radfm promote` later)")
+    parser.add_argument("--eval-limit", type=int, default=None, help="score only the first N test rows in RadBench "
+                        "(a quick look; the gate then judges fewer rows)")
     parser.add_argument("--data-kind", choices=["config", "dvc"], default="config",
                         help="config: the Hydra data group; dvc: the DVC-tracked --data-repo/--data-target "
                         "(`dvc pull`-ed first when a DVC remote is configured, else the workspace as it is)")
@@ -224,7 +232,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", default=None, help="also write the run's result (timings, RadBench) here")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error, in Prefect's logs "
                         "too (also RADFM_DEBUG=1); without it a known error is one line, exit 2")
-    return parser.parse_args(argv)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

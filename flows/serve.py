@@ -53,7 +53,8 @@ def build_deployments(path: Path = PREFECT_YAML, only: list[str] | None = None) 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="radfm flows", description=__doc__)
-    parser.add_argument("action", choices=["serve", "list"])
+    parser.add_argument("action", choices=["serve", "list"], help="serve: register the deployments of prefect.yaml "
+                        "and run their schedules here; list: print them and their crons")
     parser.add_argument("--only", action="append", default=None, help="serve only this deployment (repeatable)")
     args = parser.parse_args(argv)
     deployments = build_deployments(only=args.only)

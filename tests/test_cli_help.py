@@ -49,8 +49,12 @@ def test_every_subcommand_and_option_has_help() -> None:
     top = {"/".join(a.option_strings) for a in parser._actions if a.option_strings and a.help != argparse.SUPPRESS}
     assert "--debug" in top
     assert missing_help(parser, hidden_ok=frozenset(top)) == []
-    # `radfm synth` hands its command line to MedMD-synth's own parser
+    # `radfm synth` hands its command line to MedMD-synth's own parser, `radfm pipeline` and `radfm flows` to
+    # the flows' own
     assert missing_help(synth_parser(), "radfm synth") == []
+    from flows.pipeline import build_parser as pipeline_parser
+
+    assert missing_help(pipeline_parser(), "radfm pipeline") == []
 
 
 def test_the_walk_finds_what_has_no_help() -> None:
