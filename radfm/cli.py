@@ -235,17 +235,9 @@ def _promote(args: argparse.Namespace) -> int:
 
 
 def _require_registry(uri: str) -> None:
-    """Refuse a SQLite tracking store that does not exist: MLflow would create an empty one (logging its table
-    migrations) and then report the model as unknown, which hides the real problem."""
+    from radfm.registry.registry import require_store
 
-    from radfm.registry.registry import RegistryError
-
-    if not uri.startswith("sqlite:///") or ":memory:" in uri:
-        return
-    path = Path(uri.removeprefix("sqlite:///"))
-    if not path.is_file():
-        raise RegistryError(f"no MLflow registry at {path}: register a model first (`radfm register --checkpoint "
-                            "DIR --radbench DIR`), or set MLFLOW_TRACKING_URI to the tracking server that holds it")
+    require_store(uri)
 
 
 def _predict(args: argparse.Namespace) -> int:

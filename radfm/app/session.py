@@ -58,11 +58,11 @@ class AppModel:
         """``models:/…`` or ``runs:/…`` from ``tracking_uri`` (None: ``radfm predict``'s store), a logged model's
         folder (it has an ``MLmodel``) or a checkpoint folder."""
         from radfm.registry.inference import load
-        from radfm.registry.registry import default_tracking_uri
+        from radfm.registry.registry import default_tracking_uri, require_store
 
         if uri.startswith(("models:/", "runs:/")):
             tracking_uri = tracking_uri or default_tracking_uri()
-            _require_store(tracking_uri)
+            require_store(tracking_uri)
             return cls(uri, load(uri, tracking_uri))
         from radfm.model.checkpoint import CONFIG, WEIGHTS
 
@@ -104,19 +104,6 @@ class AppModel:
         """Both answers; :class:`PredictInputError` (an :class:`InputLimitError` for a limit) names what to fix."""
         answer = self.answer(question, image, max_new_tokens)  # checks the inputs and the context first
         return Answers(answer, self.ablated(question, image, max_new_tokens))
-
-
-def _require_store(uri: str) -> None:
-    """Refuse a SQLite tracking store that does not exist, as ``radfm predict`` does: MLflow would create an empty
-    one and then report the model as unknown, which hides the real problem."""
-    from radfm.registry.registry import RegistryError
-
-    if not uri.startswith("sqlite:///") or ":memory:" in uri:
-        return
-    path = Path(uri.removeprefix("sqlite:///"))
-    if not path.is_file():
-        raise RegistryError(f"no MLflow registry at {path}: register a model first (`radfm register --checkpoint "
-                            "DIR --radbench DIR`), or set MLFLOW_TRACKING_URI to the tracking server that holds it")
 
 
 __all__ = ["AppModel", "Answers", "PredictInputError"]

@@ -38,6 +38,17 @@ def client(tracking_uri: str | None = None) -> Any:
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+def require_store(uri: str) -> None:
+    """Refuse a SQLite tracking store that does not exist: MLflow would create an empty one (logging its table
+    migrations) and then report the model as unknown, which hides the real problem."""
+    if not uri.startswith("sqlite:///") or ":memory:" in uri:
+        return
+    path = Path(uri.removeprefix("sqlite:///"))
+    if not path.is_file():
+        raise RegistryError(f"no MLflow registry at {path}: register a model first (`radfm register --checkpoint "
+                            "DIR --radbench DIR`), or set MLFLOW_TRACKING_URI to the tracking server that holds it")
+
+
 def health_check(tracking_uri: str | None, timeout: float = 3.0) -> None:
     """Raise :class:`ConnectionError` within ``timeout`` seconds when an http(s) tracking server is down."""
     check_server(tracking_uri or "", timeout=timeout)
