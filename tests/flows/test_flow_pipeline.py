@@ -44,7 +44,8 @@ def test_pipeline_runs_from_data_to_champion(first_run):
     stages = result["timings"]["stages"]
     assert list(stages) == ["compose-config", "prepare-data", "validate-data", "train", "radbench", "register",
                             "promote"]
-    assert all(s["state"] == "Completed" for s in stages.values()), stages
+    # Cached: test_flow_lineage.py's run of the same config and data trained and scored it first in this session.
+    assert all(s["state"] in ("Completed", "Cached") for s in stages.values()), stages
     # The first version has no champion to beat and the relaxed gate has no floors: it becomes champion.
     assert result["version"] == "1" and result["decision"]["promoted"] is True
     c = client(home)
