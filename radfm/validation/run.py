@@ -104,7 +104,8 @@ def validate_dataset(data_root: str | Path, manifest: str | Path | None = None, 
     timings["expectations_s"] = time.perf_counter() - t
 
     def samples_of(failure: dict[str, Any]) -> list[str]:
-        ids = [s for p in failure["offending"] for s in tables.image_samples.get(p, [])[:3]]
+        # each image's first 3 distinct samples (a row may name one image twice)
+        ids = [s for p in failure["offending"] for s in list(dict.fromkeys(tables.image_samples.get(p, [])))[:3]]
         return ids[:limit]
 
     def read_errors(failure: dict[str, Any]) -> str:

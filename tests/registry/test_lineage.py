@@ -81,7 +81,10 @@ def test_dataset_input_on_a_real_store(tmp_path: Path) -> None:
     profile = profile_manifest(manifest)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     try:
-        with mlflow.start_run() as run:
+        # this store's own experiment: an earlier test may leave another store's experiment active (MLflow's
+        # fluent state), which start_run() would look up here
+        experiment = mlflow.create_experiment("lineage", artifact_location=(tmp_path / "artifacts").as_uri())
+        with mlflow.start_run(experiment_id=experiment) as run:
             log_dataset_input(manifest, "0123456789abcdef0123456789abcdef", name="hospital",
                               data_root=manifest.parent, profile=profile)
         got = mlflow.MlflowClient().get_run(run.info.run_id)
@@ -213,7 +216,10 @@ def test_long_digest_is_cut_to_mlflows_limit(tmp_path: Path, digest: str) -> Non
     manifest = write_manifest(tmp_path / "d")
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     try:
-        with mlflow.start_run() as run:
+        # this store's own experiment: an earlier test may leave another store's experiment active (MLflow's
+        # fluent state), which start_run() would look up here
+        experiment = mlflow.create_experiment("lineage", artifact_location=(tmp_path / "artifacts").as_uri())
+        with mlflow.start_run(experiment_id=experiment) as run:
             log_dataset_input(manifest, digest)
         ds = mlflow.MlflowClient().get_run(run.info.run_id).inputs.dataset_inputs[0].dataset
     finally:
