@@ -46,34 +46,30 @@ class InputLimitError(PredictInputError):
     """A request is over one of the limits (context, image count, image size, max_new_tokens)."""
 
 
-def max_images() -> int:
-    """The most images one request may carry: ``RADFM_MAX_IMAGES``, else :data:`DEFAULT_MAX_IMAGES` (set it
-    where the model is served: the limit belongs to whoever runs the server, not to a request)."""
-    raw = os.environ.get(MAX_IMAGES_ENV, "").strip()
+def _positive_env(name: str, default: int, unit: str) -> int:
+    """A positive whole number from the environment variable ``name``, else ``default``."""
+    raw = os.environ.get(name, "").strip()
     if not raw:
-        return DEFAULT_MAX_IMAGES
+        return default
     try:
         value = int(raw)
     except ValueError:
         value = 0
     if value < 1:
-        raise InputLimitError(f"{MAX_IMAGES_ENV}={raw!r} must be a positive whole number of images")
+        raise InputLimitError(f"{name}={raw!r} must be a positive whole number of {unit}")
     return value
+
+
+def max_images() -> int:
+    """The most images one request may carry: ``RADFM_MAX_IMAGES``, else :data:`DEFAULT_MAX_IMAGES` (set it
+    where the model is served: the limit belongs to whoever runs the server, not to a request)."""
+    return _positive_env(MAX_IMAGES_ENV, DEFAULT_MAX_IMAGES, "images")
 
 
 def max_image_bytes() -> int:
     """The most bytes one image of a request may carry (base64) or fetch (``s3://``): ``RADFM_MAX_IMAGE_BYTES``,
     else :data:`DEFAULT_MAX_IMAGE_BYTES` (set where the model is served, as ``RADFM_MAX_IMAGES``)."""
-    raw = os.environ.get(MAX_IMAGE_BYTES_ENV, "").strip()
-    if not raw:
-        return DEFAULT_MAX_IMAGE_BYTES
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise InputLimitError(f"{MAX_IMAGE_BYTES_ENV}={raw!r} must be a positive whole number of bytes")
-    return value
+    return _positive_env(MAX_IMAGE_BYTES_ENV, DEFAULT_MAX_IMAGE_BYTES, "bytes")
 
 
 def check_image_bytes(n_bytes: int, what: str) -> None:
