@@ -98,3 +98,43 @@ def split_targets(splits: dict[str, Sequence[Sample]]) -> dict[str, dict[ImageKe
 def target_names(targets: dict[ImageKey, dict[str, float]]) -> list[str]:
     """The sorted vocabulary of ``answer_targets``' names."""
     return sorted({name for row in targets.values() for name in row})
+
+
+def _closed_unit(name: str) -> str | None:
+    """The closed question a target name answers (``"fam"`` of ``"fam = choice"``, ``"fam: q"`` of a yes/no
+    target), None for report terms and hand labels (presence targets, not answers to one question)."""
+    if name.startswith(("finding: ", "label: ")):
+        return None
+    return name.split(" = ", 1)[0] if " = " in name else name
+
+
+def _outcome(row: dict[str, float], unit: str) -> str | None:
+    """An image's answer to the closed question ``unit``, None where it was not asked."""
+    for name, value in row.items():
+        if _closed_unit(name) != unit:
+            continue
+        if " = " in name and name.split(" = ", 1)[0] == unit:
+            if value == 1.0:
+                return name.split(" = ", 1)[1]
+        else:
+            return "yes" if value == 1.0 else "no"
+    return None
+
+
+def primary_classes(targets: dict[ImageKey, dict[str, float]], keys: Sequence[ImageKey]) -> list[str]:
+    """Each item's class for a balanced sampler (``data.balance=family``): its image's answer to the closed
+    question asked about the most training images (``""`` where that question was not asked about it).
+
+    ``targets``: the training split's :func:`answer_targets`; ``keys``: each item's :func:`image_key`. Why the
+    most-asked question and not every one: balancing on a rare answer of a rarely asked question would repeat
+    a handful of images hundreds of times per pass; the question asked of nearly every image (modality, "is
+    there pneumonia") is the one whose skewed answers teach the heads a prior instead of the pixels.
+    """
+    asked: dict[str, int] = {}
+    for row in targets.values():
+        for unit in {u for u in map(_closed_unit, row) if u is not None}:
+            asked[unit] = asked.get(unit, 0) + 1
+    if not asked:
+        return [""] * len(keys)
+    unit = min(asked, key=lambda u: (-asked[u], u))
+    return [(_outcome(targets.get(key, {}), unit) or "") for key in keys]

@@ -16,7 +16,7 @@ from radfm.data.packing import PACK_LAYOUTS
 from radfm.data.transforms import TransformConfig
 from radfm.data.turns import TurnAugment
 
-BALANCE_KEYS = (None, "label", "answer")
+BALANCE_KEYS = (None, "label", "answer", "family")
 
 
 @dataclass
@@ -28,8 +28,9 @@ class DataConfig:
     set is made on first use, when it is (``radfm.train.data_prep.ensure_dataset``); ``version``: its data version
     when the pipeline has computed it already. ``transform``: the
     preprocessing (a :class:`TransformConfig` or its mapping). ``balance``: class-balanced training batches:
-    None, ``"label"`` (``meta["label"]``, else the sorted label list) or ``"answer"`` (the answer text, for any
-    closed question); evaluation loaders are never rebalanced. ``pack_questions``: training only, every
+    None, ``"label"`` (``meta["label"]``, else the sorted label list), ``"answer"`` (the answer text, for any
+    closed question) or ``"family"`` (each image's answer to the closed question asked about the most training
+    images, read through the data profile: :func:`radfm.data.answer_targets.primary_classes`); evaluation loaders are never rebalanced. ``pack_questions``: training only, every
     question about the same images in one sequence, each turn masked from the others, so one image encoding
     serves all of its questions; ``pack_layout``: ``inline`` (each turn with its own image blocks, placed as
     unpacked samples place them) or ``shared`` (the images once, first; cheaper, but trains only the

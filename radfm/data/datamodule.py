@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from radfm.data import prompts
-from radfm.data.answer_targets import split_targets
+from radfm.data.answer_targets import image_key, primary_classes, split_targets
 from radfm.data.config import DataConfig, class_of
 from radfm.data.errors import Quarantine, SampleError, check_on_error
 from radfm.data.labels import label_names
@@ -279,7 +279,8 @@ class RadFMDataModule(L.LightningDataModule):
         # label_source=answers: each image's targets from the questions asked about it, per split.
         # The targets read each row's family and choices as the data profile gives them, so a plain table's
         # closed questions give class targets, not only report terms.
-        if self.cfg.label_source == "answers":
+        # data.balance=family reads the same targets to find each image's answer to the most-asked question.
+        if self.cfg.label_source == "answers" or self.cfg.balance == "family":
             profiled = with_profile(kept, self.cfg.manifest)
             self.targets = split_targets({name: [s for s in profiled if s.split == name]
                                           for name in ("train", "val", "test")})
@@ -304,7 +305,11 @@ class RadFMDataModule(L.LightningDataModule):
         ds = self._dataset(samples, train, packs, images_only, split)
         # The sampler sees one entry per item: a pack is 3D / of a class as its first sample is.
         heads = [samples[p[0]] for p in packs] if packs is not None else samples
-        classes = [class_of(s, self.cfg.balance) for s in heads] if train and self.cfg.balance else None
+        classes: list[Any] | None = None
+        if train and self.cfg.balance == "family":
+            classes = primary_classes(self.targets.get("train", {}), [image_key(s) for s in heads])
+        elif train and self.cfg.balance:
+            classes = [class_of(s, self.cfg.balance) for s in heads]
         sampler = ModalityBatchSampler([s.is_3d for s in heads], self.cfg.batch_size_2d,
                                        self.cfg.batch_size_3d, shuffle=train, seed=self.cfg.seed,
                                        classes=classes)
