@@ -47,6 +47,7 @@ def test_data_csv_trains_a_plain_table_with_its_recipe(make_cfg, table_root):
 
     cfg = make_cfg("data=csv", f"data.root={table_root}", *QUICK, synth=False)
     assert list(cfg.objective) == ["answer", "label_head", "patch_head"] and cfg.data.label_source == "answers"
+    assert cfg.data.balance == "family"
     assert cfg.callbacks.vision_warmup.epochs > 0
     metrics = train(cfg)
     assert metrics["warmup/steps"] == 3.0 and metrics["global_step"] == 2
