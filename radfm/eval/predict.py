@@ -10,6 +10,7 @@ import torch
 
 from radfm.data.datamodule import RadFMDataset
 from radfm.data.manifest import Sample
+from radfm.eval.calibration import yes_index
 from radfm.model.multimodal import RadFMModel
 from radfm.model.tokenizer import RadFMTokenizer
 from radfm.progress import ProgressReporter
@@ -74,7 +75,8 @@ class _ImageFeatures:
 def predict(model: RadFMModel, tokenizer: RadFMTokenizer, samples: Sequence[Sample], ds: RadFMDataset,
             batch_size: int = 16, max_new_tokens: int = 128, ablate: bool = False,
             progress: str | None = None) -> list[Prediction]:
-    """Answer every sample: ``choices`` → rank by log p(answer | prompt, images); otherwise greedy generation.
+    """Answer every sample: ``choices`` → rank by log p(answer | prompt, images) (yes/no moved by the model's
+    ``yes_no_offset``, :mod:`radfm.eval.calibration`); otherwise greedy generation.
 
     Each sample's images are encoded once, however many candidate rows score them. ``progress`` names the work
     in progress lines (:mod:`radfm.progress`; rows = candidate rows + open questions); None reports nothing.
@@ -94,11 +96,17 @@ def predict(model: RadFMModel, tokenizer: RadFMTokenizer, samples: Sequence[Samp
         _score_closed(model, tokenizer, samples, rows, last_row, positions, features, scores, batch_size, reporter)
         _generate_open(model, tokenizer, samples, open_idx, positions, features, out, batch_size, max_new_tokens,
                        reporter)
+    # The model's yes/no offset (radfm.eval.calibration) moves the yes/no decision; logprobs stay raw.
+    offset = float(getattr(model, "yes_no_offset", 0.0) or 0.0)
     for i, s in enumerate(samples):
         if s.choices:
             logits = torch.tensor([scores[(i, c)] for c in s.choices])
-            probs = torch.softmax(logits, dim=0).tolist()
-            best = s.choices[int(torch.argmax(logits))]
+            decided = logits.clone()
+            yes = yes_index(s.choices) if offset else None
+            if yes is not None:
+                decided[yes] += offset
+            probs = torch.softmax(decided, dim=0).tolist()
+            best = s.choices[int(torch.argmax(decided))]
             out[i] = Prediction(best, dict(zip(s.choices, probs)), dict(zip(s.choices, logits.tolist())))
     return [p for p in out if p is not None]
 

@@ -53,7 +53,8 @@ def save_pretrained(model: RadFMModel, tokenizer: RadFMTokenizer, directory: str
     model.cfg.save(directory / CONFIG)
     tokenizer.save(directory / TOKENIZER)
     meta = {"radfm_version": radfm.__version__, "tokenizer_size": len(tokenizer),
-            "image_patch_id": model.image_patch_id, **(extra or {})}
+            "image_patch_id": model.image_patch_id,
+            "yes_no_offset": float(getattr(model, "yes_no_offset", 0.0)), **(extra or {})}
     (directory / META).write_text(json.dumps(meta, indent=2))
     return directory
 
@@ -83,4 +84,6 @@ def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -
     if missing or unexpected:
         raise ValueError(f"checkpoint {directory} does not match its config: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
+    meta = json.loads((directory / META).read_text()) if (directory / META).is_file() else {}
+    model.yes_no_offset = float(meta.get("yes_no_offset") or 0.0)  # radfm.eval.calibration
     return model.to(device).eval(), tokenizer

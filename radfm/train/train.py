@@ -94,7 +94,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
         raise
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
     metrics.update(stage_metrics(run.stages))
-    model_dir = save_pretrained(merged_for_export(module.model), tokenizer, run_dir / "model",
+    exported = merged_for_export(module.model)
+    calibration = cfg.get("calibration") or {}
+    if calibration.get("yes_no"):
+        from radfm.eval.calibration import calibrate_on_validation
+
+        metrics.update(calibrate_on_validation(exported, tokenizer, run.datamodule,
+                                               min_rows=int(calibration.get("min_rows", 20))))
+    model_dir = save_pretrained(exported, tokenizer, run_dir / "model",
                                 extra={"data_version": tracker.data_version,
                                        "transform": transform_record(run.data_cfg)})
     metrics["global_step"] = float(trainer.global_step)

@@ -60,3 +60,19 @@ def test_parts_of_the_recipe_can_be_left_out(make_cfg, table_root):
     cfg = make_cfg("data=csv", f"data.root={table_root}", "objective=[answer]", "callbacks=[default]", *QUICK,
                    synth=False)
     assert [o.name for o in build_objectives(cfg)] == ["answer"]
+
+
+def test_the_recipe_fits_a_yes_no_offset_on_validation_and_saves_it(make_cfg, table_root):
+    import json
+
+    from radfm.model.checkpoint import load_pretrained
+    from radfm.train.train import run_dir_of, train
+
+    cfg = make_cfg("data=csv", f"data.root={table_root}", *QUICK, "calibration.min_rows=2", synth=False)
+    assert cfg.calibration.yes_no  # the recipe turns it on
+    metrics = train(cfg)
+    assert metrics["calibration/yes_no_rows"] == 4.0  # the 4 validation images' yes/no questions
+    model_dir = run_dir_of(cfg) / "model"
+    meta = json.loads((model_dir / "radfm.json").read_text())
+    assert meta["yes_no_offset"] == metrics["calibration/yes_no_offset"]
+    assert load_pretrained(model_dir)[0].yes_no_offset == metrics["calibration/yes_no_offset"]
