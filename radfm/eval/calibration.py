@@ -11,9 +11,11 @@ ranked (RadBench, ``predict``, the served model, the app).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from radfm.data.families import normalise_answer
@@ -98,3 +100,22 @@ def calibrate_on_validation(model: Any, tokenizer: Any, datamodule: Any, min_row
     ds = RadFMDataset(val, cfg.root, tokenizer, cfg.transform, train=False, cache=datamodule.cache,
                       limits=cfg.limits)
     return fit_yes_no_offset(model, tokenizer, val, ds, min_rows=min_rows)
+
+
+def calibration_options(cfg: Any) -> tuple[bool, int]:
+    """``cfg.calibration``'s (yes_no, min_rows); off when the config has no such section."""
+    section = cfg.get("calibration") or {}
+    return bool(section.get("yes_no", False)), int(section.get("min_rows", 20))
+
+
+def calibrate_checkpoint(model_dir: str | Path, datamodule: Any, min_rows: int = 20) -> dict[str, float]:
+    """Fit the offset of a saved checkpoint (what the Ray path exports) and write it into its ``radfm.json``."""
+    from radfm.model.checkpoint import META, load_pretrained
+
+    model, tokenizer = load_pretrained(model_dir)
+    figures = calibrate_on_validation(model, tokenizer, datamodule, min_rows=min_rows)
+    meta_path = Path(model_dir) / META
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    meta["yes_no_offset"] = float(model.yes_no_offset)
+    meta_path.write_text(json.dumps(meta, indent=2))
+    return figures

@@ -126,6 +126,7 @@ def train_with_ray(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train as ``cfg`` says on ``cfg.trainer.ray.num_workers`` Ray workers; metrics like :func:`train`."""
     from radfm.data.cache import TensorCache
     from radfm.data.datamodule import RadFMDataModule
+    from radfm.eval.calibration import calibrate_checkpoint, calibration_options
     from radfm.model.tokenizer import RadFMTokenizer
     from radfm.registry.tracking import RunTracker
     from radfm.train.builder import build_data_config, build_model_config
@@ -157,6 +158,9 @@ def train_with_ray(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         }
         result = _torch_trainer(rcfg, storage, loop_config, resources).fit()
         metrics = _collect(result, run_dir, storage)
+        yes_no, min_rows = calibration_options(cfg)
+        if yes_no:  # on the driver, after the workers: the exported model's offset (radfm.eval.calibration)
+            metrics.update(calibrate_checkpoint(run_dir / MODEL_SUBDIR, dm, min_rows=min_rows))
         tracker.log_end(metrics, run_dir / MODEL_SUBDIR, [])
     except BaseException:
         tracker.fail()  # the MLflow run ends as FAILED, not left RUNNING

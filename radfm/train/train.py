@@ -12,6 +12,7 @@ from omegaconf import DictConfig, open_dict
 
 from radfm.data.errors import Quarantine
 from radfm.data.manifest import read_manifest
+from radfm.eval.calibration import calibrate_on_validation, calibration_options
 from radfm.logs import quiet_third_party
 from radfm.model import factory
 from radfm.model.checkpoint import save_pretrained
@@ -95,12 +96,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
     metrics.update(stage_metrics(run.stages))
     exported = merged_for_export(module.model)
-    calibration = cfg.get("calibration") or {}
-    if calibration.get("yes_no"):
-        from radfm.eval.calibration import calibrate_on_validation
-
-        metrics.update(calibrate_on_validation(exported, tokenizer, run.datamodule,
-                                               min_rows=int(calibration.get("min_rows", 20))))
+    yes_no, min_rows = calibration_options(cfg)
+    if yes_no:
+        metrics.update(calibrate_on_validation(exported, tokenizer, run.datamodule, min_rows=min_rows))
     model_dir = save_pretrained(exported, tokenizer, run_dir / "model",
                                 extra={"data_version": tracker.data_version,
                                        "transform": transform_record(run.data_cfg)})

@@ -76,3 +76,28 @@ def test_fit_on_rows_reaches_the_best_validation_accuracy_and_is_saved(yes_no_se
     # Too few rows: nothing is fitted, and the model's offset is 0.
     assert fit_yes_no_offset(model, tok, rows, ds, min_rows=len(rows) + 1)["calibration/yes_no_offset"] == 0.0
     assert model.yes_no_offset == 0.0
+
+
+def test_a_saved_checkpoint_is_calibrated_in_place_on_a_datamodules_validation_split(tmp_path, tiny_cfg):
+    """What the Ray path does on the driver after the workers: load, fit, write the offset into radfm.json."""
+    import json
+
+    from radfm.data.cache import TensorCache
+    from radfm.data.config import DataConfig
+    from radfm.data.datamodule import RadFMDataModule
+    from radfm.eval.calibration import calibrate_checkpoint
+
+    root = tmp_path / "synth"
+    generate(SynthConfig(n_samples=60, seed=4), root)
+    samples = read_manifest(root / "manifest.jsonl")
+    tok = factory.build_tokenizer(tiny_cfg, [t for s in samples for t in (s.question, s.answer)])
+    torch.manual_seed(1)
+    save_pretrained(factory.build_model(tiny_cfg, tok), tok, tmp_path / "ckpt")
+    dm = RadFMDataModule(DataConfig(manifest=str(root / "manifest.jsonl"), root=str(root),
+                                    transform=TransformConfig(image_size=64)), tok, cache=TensorCache(tmp_path / "c"))
+    dm.setup()
+    figures = calibrate_checkpoint(tmp_path / "ckpt", dm, min_rows=2)
+    assert figures["calibration/yes_no_rows"] == sum(yes_index(s.choices) is not None for s in dm.splits["val"])
+    meta = json.loads((tmp_path / "ckpt" / "radfm.json").read_text())
+    assert meta["yes_no_offset"] == figures["calibration/yes_no_offset"]
+    assert load_pretrained(tmp_path / "ckpt")[0].yes_no_offset == meta["yes_no_offset"]
