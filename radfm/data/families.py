@@ -40,6 +40,7 @@ import re
 import statistics
 import unicodedata
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,6 +84,14 @@ def surface_answer(text: str) -> str:
 def normalise_answer(text: str) -> str:
     """Lowercase :func:`surface_answer`: ``"YES."``, ``"yes"`` and ``" Yes "`` are all ``yes``."""
     return surface_answer(text).lower()
+
+
+def yes_index(choices: Sequence[str] | None) -> int | None:
+    """The index of "yes" in ``choices`` when they are exactly yes and no (any case and punctuation), else None."""
+    if not choices or len(choices) != 2:
+        return None
+    normal = [normalise_answer(c) for c in choices]
+    return normal.index("yes") if set(normal) == YES_NO else None
 
 
 def content_words(question_key: str) -> frozenset[str]:

@@ -18,20 +18,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from radfm.data.families import normalise_answer
+from radfm.data.families import normalise_answer, yes_index
 from radfm.data.manifest import Sample
 
 log = logging.getLogger(__name__)
-
-YES_NO = ("no", "yes")
-
-
-def yes_index(choices: Sequence[str] | None) -> int | None:
-    """The index of "yes" in ``choices`` when they are exactly yes and no (any case and punctuation), else None."""
-    if not choices or len(choices) != 2:
-        return None
-    normal = [normalise_answer(c) for c in choices]
-    return normal.index("yes") if sorted(normal) == list(YES_NO) else None
 
 
 def best_offset(ratios: Sequence[float], truths: Sequence[bool]) -> tuple[float, float, float]:

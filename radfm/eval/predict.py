@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 import torch
 
 from radfm.data.datamodule import RadFMDataset
+from radfm.data.families import yes_index
 from radfm.data.manifest import Sample
-from radfm.eval.calibration import yes_index
 from radfm.model.multimodal import RadFMModel
 from radfm.model.tokenizer import RadFMTokenizer
 from radfm.progress import ProgressReporter

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from radfm.data.datamodule import RadFMDataset
+from radfm.data.families import yes_index
 from radfm.data.manifest import read_manifest
 from radfm.data.synth import SynthConfig, generate
 from radfm.data.transforms import TransformConfig
-from radfm.eval.calibration import best_offset, fit_yes_no_offset, yes_index
+from radfm.eval.calibration import best_offset, fit_yes_no_offset
 from radfm.eval.predict import predict
 from radfm.model import factory
 from radfm.model.checkpoint import load_pretrained, save_pretrained
