@@ -62,14 +62,14 @@ def test_parts_of_the_recipe_can_be_left_out(make_cfg, table_root):
     assert [o.name for o in build_objectives(cfg)] == ["answer"]
 
 
-def test_the_recipe_fits_a_yes_no_offset_on_validation_and_saves_it(make_cfg, table_root):
+def test_a_run_fits_a_yes_no_offset_on_validation_and_saves_it(make_cfg, table_root):
     import json
 
     from radfm.model.checkpoint import load_pretrained
     from radfm.train.train import run_dir_of, train
 
-    cfg = make_cfg("data=csv", f"data.root={table_root}", *QUICK, "calibration.min_rows=2", synth=False)
-    assert cfg.calibration.yes_no  # the recipe turns it on
+    cfg = make_cfg("data=csv", f"data.root={table_root}", *QUICK, "calibration.yes_no=true",
+                   "calibration.min_rows=2", synth=False)
     metrics = train(cfg)
     assert metrics["calibration/yes_no_rows"] == 4.0  # the 4 validation images' yes/no questions
     model_dir = run_dir_of(cfg) / "model"
