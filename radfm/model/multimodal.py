@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from radfm.model.config import RadFMConfig
+from radfm.model.decode import LeanDecoder
+from radfm.model.decode import supports as supports_lean
 from radfm.model.resampler import PerceiverResampler
 from radfm.model.tokenizer import IGNORE_INDEX
 from radfm.model.vit3d import ViT3D
@@ -69,6 +71,9 @@ class RadFMModel(nn.Module):
         self.image_patch_id = image_patch_id
         # Image tokens are never a valid output: generation masks them.
         self.suppress_ids = list(suppress_ids)
+        # Added to log p(yes) − log p(no) where a closed question is yes/no (radfm.eval.calibration; saved in
+        # the checkpoint's radfm.json, 0 until a run fits it).
+        self.yes_no_offset = 0.0
 
     # ---- embedding ------------------------------------------------------------------------------
     def encode_images(self, images: Images) -> torch.Tensor | None:
@@ -209,11 +214,13 @@ class RadFMModel(nn.Module):
         pad_token_id: int | None = None,
         use_cache: bool = True,
         image_features: torch.Tensor | None = None,
+        lean: bool = True,
     ) -> torch.Tensor:
         """Left-padded prompts ``B×T`` → new tokens ``B×T_new`` (padded with ``pad_token_id`` after EOS).
 
-        Greedy by default; sampling with ``do_sample``. Uses the LM's KV cache through
-        ``generate(inputs_embeds=…)``. ``image_features``: see :meth:`embed`.
+        Greedy by default: with ``lean`` (and a plain LLaMA LM) through :class:`radfm.model.decode.LeanDecoder`'s
+        static KV cache, the same tokens as ``transformers``' ``generate(inputs_embeds=…)``, which runs otherwise
+        (``lean=False``, sampling with ``do_sample``). ``image_features``: see :meth:`embed`.
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -226,6 +233,10 @@ class RadFMModel(nn.Module):
                 raise ValueError("sampling without the KV cache is not supported; use use_cache=True")
             return self._greedy_without_cache(embeds, attention_mask, max_new_tokens, eos_token_id,
                                               pad_token_id if pad_token_id is not None else eos_token_id)
+        pad = pad_token_id if pad_token_id is not None else eos_token_id
+        if lean and not do_sample and supports_lean(self.lm):
+            return LeanDecoder(self.lm).greedy(embeds, attention_mask, max_new_tokens, eos_token_id, pad,
+                                               self.suppress_ids)
         kwargs = {"do_sample": do_sample}
         if do_sample:
             kwargs.update(temperature=temperature, top_k=top_k or 0, top_p=top_p if top_p is not None else 1.0)

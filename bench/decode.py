@@ -1,0 +1,107 @@
+"""Decoding benchmark (not a test): greedy tokens/s of the lean static-cache decoder against ``transformers``'
+``generate`` (what main ran before it, still reachable as ``generate(lean=False)``), side by side in one process.
+
+    python bench/decode.py [--config ref-tiny,ref-small] [--batch 1,8] [--new-tokens 32] [--reps 5] [--json PATH]
+
+Each (config, batch) builds the preset's model (random weights: speed does not depend on them), a left-padded
+batch of prompts (``--prompt`` tokens: a question and one image's 32 latents, as RadBench's prompts hold), and
+decodes ``--new-tokens`` tokens with no EOS, alternating the two decoders ``--reps`` times after one warm-up
+each; the figure is the best time of each (the machine is shared: the best is the least disturbed), and the
+speed-up is their ratio. The tokens of the two are compared on every call. Goals (issue 27): ≥ 3× at batch 1,
+≥ 2× at batch 8; reported as PASS/MISS, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench._common import fmt_table, machine_info, write_json  # noqa: E402
+
+GOALS = {1: 3.0, 8: 2.0}
+
+
+def _model(name: str) -> Any:
+    from radfm.model import factory
+    from radfm.model.presets import preset
+
+    torch.manual_seed(0)
+    return factory.build_model(preset(name)).eval()
+
+
+def _prompts(model: Any, batch: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``batch`` left-padded prompts of ``length`` tokens at most (row r is r tokens shorter, up to a quarter)."""
+    vocab = model.lm.get_input_embeddings().weight.shape[0]
+    g = torch.Generator().manual_seed(batch)
+    ids = torch.randint(3, vocab - 3, (batch, length), generator=g)
+    mask = torch.ones_like(ids)
+    for r in range(batch):
+        mask[r, : min(r, length // 4)] = 0
+    return ids, mask
+
+
+def _time(fn: Any) -> tuple[float, torch.Tensor]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def measure(name: str, batch: int, prompt: int, new: int, reps: int) -> dict[str, Any]:
+    model = _model(name)
+    ids, mask = _prompts(model, batch, prompt)
+    kw = dict(max_new_tokens=new, eos_token_id=None, pad_token_id=0)
+    runs = {"lean": lambda: model.generate(ids, mask, **kw), "generate": lambda: model.generate(ids, mask, lean=False,
+                                                                                                 **kw)}
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    same = True
+    with torch.no_grad():
+        for fn in runs.values():
+            fn()  # warm-up
+        for _ in range(reps):
+            outs = {}
+            for key, fn in runs.items():
+                seconds, outs[key] = _time(fn)
+                times[key].append(seconds)
+            same &= torch.equal(outs["lean"], outs["generate"])
+    best = {k: min(v) for k, v in times.items()}
+    return {"config": name, "batch": batch, "prompt_tokens": prompt, "new_tokens": new, "reps": reps,
+            "seconds": times, "best_s": best,
+            "tokens_per_s": {k: batch * new / v for k, v in best.items()},
+            "speedup": best["generate"] / best["lean"], "same_tokens": same,
+            "goal": GOALS.get(batch)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="ref-tiny,ref-small")
+    parser.add_argument("--batch", default="1,8")
+    parser.add_argument("--prompt", type=int, default=64, help="prompt tokens (a question and 32 image latents)")
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "decode.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    results = [measure(c, int(b), args.prompt, args.new_tokens, args.reps)
+               for c in args.config.split(",") for b in args.batch.split(",")]
+    rows = []
+    for r in results:
+        goal = r["goal"]
+        verdict = "" if goal is None else ("PASS" if r["speedup"] >= goal else "MISS") + f" (≥{goal:g}×)"
+        rows.append([r["config"], str(r["batch"]), f"{r['tokens_per_s']['generate']:.0f}",
+                     f"{r['tokens_per_s']['lean']:.0f}", f"{r['speedup']:.2f}×", str(r["same_tokens"]), verdict])
+    print(fmt_table(["config", "batch", "generate tok/s", "lean tok/s", "speed-up", "same tokens", "goal"], rows))
+    write_json(args.json, {"machine": machine_info(dirty={"dirty": "radfm"}), "results": results})
+
+
+if __name__ == "__main__":
+    main()
