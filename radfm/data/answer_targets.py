@@ -6,9 +6,7 @@ No labels column is needed. Every row about an image adds to that image's target
 - a yes/no question: a per-question binary target, ``"<family>: <question>"``, 1 for yes and 0 for no (the
   phrasings the profile grouped into one family are one question: ``"<family>: <family>"``);
 - an open (report-like) answer: the clinical terms it names without negation (``radfm.eval.findings``), as
-  ``"finding: <term>"``, over every term the training reports name: 0 where the image's reports do not name it;
-  so is the answer of a closed family whose answers name findings ("what abnormalities are shown": "a cyst and
-  an effusion"), besides its class target.
+  ``"finding: <term>"``, over every term the training reports name: 0 where the image's reports do not name it.
 - a hand-written ``labels`` list, when a row has one (added, never required): ``"label: <name>"``, 1 for each
   name listed and 0 for every other name the training rows list (a labels list is exhaustive).
 A name an image was never asked about is left out of its targets (masked, not a negative). The family is
@@ -55,16 +53,6 @@ def _terms(text: str) -> set[str]:
     return positive_findings(text)
 
 
-def _naming_families(samples: Sequence[Sample]) -> set[str]:
-    """The closed families (other than yes/no) whose answers name findings: some answer among ``samples`` names a
-    clinical term. Their answers are read as reports too, each image's terms a presence target, so a finding
-    learned from "what abnormalities are shown" is one target with the same finding named in a report. A family
-    none of whose answers names a term (modality, plane, a count) says nothing of findings: reading its answers
-    as reports would mark every finding absent on its images."""
-    return {family_of(s) for s in samples
-            if s.images and s.choices and not _is_yes_no(s) and _terms(s.answer)}
-
-
 def answer_targets(samples: Sequence[Sample], terms: Sequence[str] | None = None,
                    labels: Sequence[str] | None = None) -> dict[ImageKey, dict[str, float]]:
     """``{image key: {name: 0/1}}`` from ``samples`` (one split's rows); rows without images add nothing.
@@ -76,7 +64,6 @@ def answer_targets(samples: Sequence[Sample], terms: Sequence[str] | None = None
     found: dict[ImageKey, set[str]] = {}
     listed: dict[ImageKey, set[str]] = {}
     out: dict[ImageKey, dict[str, float]] = {}
-    naming = _naming_families(samples)
     for s in samples:
         if not s.images:
             continue
@@ -86,8 +73,6 @@ def answer_targets(samples: Sequence[Sample], terms: Sequence[str] | None = None
             listed.setdefault(key, set()).update(str(n) for n in s.labels)
         if s.choices:
             targets.update(_closed_targets(s))
-            if family_of(s) in naming:  # "what abnormalities are shown": "effusion, cyst" names two findings
-                found.setdefault(key, set()).update(_terms(s.answer))
         else:
             found.setdefault(key, set()).update(_terms(s.answer))
     vocabulary = sorted(set().union(*found.values()) if terms is None and found else terms or ())

@@ -113,22 +113,3 @@ def test_hand_labels_are_added_to_the_answer_targets_never_required():
     assert "label: nodule" not in targets["train"][image_key(ROWS[5])]  # a row without labels: masked
     assert targets["val"][image_key(_row("v1", "v.png", "q", "a"))]["label: nodule"] == 1.0
     assert "label: mass" not in targets["val"][image_key(_row("v1", "v.png", "q", "a"))]  # not a training name
-
-
-def test_a_closed_family_whose_answers_name_findings_also_gives_finding_targets():
-    """"What abnormalities are shown" is closed (a class target per answer) and its answers name findings: each
-    finding is a presence target too, shared with reports; modality's answers name none and add none."""
-    rows = [_row("a1", "a.png", "What abnormalities are shown?", "Effusion and cyst",
-                 ["Effusion and cyst", "Mass", "None"], "abnormalities"),
-            _row("a2", "a.png", "What is the modality?", "CT", ["CT", "MRI"], "modality"),
-            _row("b1", "b.png", "What abnormalities are shown?", "Mass", ["Effusion and cyst", "Mass", "None"],
-                 "abnormalities"),
-            _row("c1", "c.png", "What is the modality?", "MRI", ["CT", "MRI"], "modality")]
-    targets = answer_targets(rows)
-    a, b, c = (targets[((f"{x}.png", "2d"),)] for x in "abc")
-    assert a["abnormalities = effusion and cyst"] == 1.0 and a["modality = ct"] == 1.0
-    assert {k: v for k, v in a.items() if k.startswith("finding: ")} == {
-        "finding: cyst": 1.0, "finding: effusion": 1.0, "finding: mass": 0.0}
-    assert {k: v for k, v in b.items() if k.startswith("finding: ")} == {
-        "finding: cyst": 0.0, "finding: effusion": 0.0, "finding: mass": 1.0}
-    assert not any(k.startswith("finding: ") for k in c)  # asked only its modality: no finding is known
