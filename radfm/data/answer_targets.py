@@ -17,11 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from radfm.data.families import normalise_answer, normalise_question
+from radfm.data.families import normalise_answer, normalise_question, yes_index
 from radfm.data.manifest import Sample
 
 ImageKey = tuple[tuple[str, str], ...]
-YES_NO = ("no", "yes")
 
 
 def image_key(sample: Sample) -> ImageKey:
@@ -34,7 +33,7 @@ def family_of(sample: Sample) -> str:
 
 
 def _is_yes_no(sample: Sample) -> bool:
-    return tuple(sorted(normalise_answer(c) for c in sample.choices or ())) == YES_NO
+    return yes_index(sample.choices) is not None
 
 
 def _closed_targets(sample: Sample) -> dict[str, float]:
