@@ -19,6 +19,7 @@ from radfm.model.tokenizer import IGNORE_INDEX, RadFMTokenizer
 from radfm.train.lora import apply_lora
 from radfm.train.objectives import AnswerLoss, AnswerTokens, Objective, ObjectiveContext, StepEncoding
 from radfm.train.param_groups import check_lr_scale, param_groups
+from radfm.train.sharding import ShardPlan, shard_module
 
 
 class RadFMLitModule(L.LightningModule):
@@ -61,6 +62,16 @@ class RadFMLitModule(L.LightningModule):
         self.optimizer_fn = optimizer or (lambda params: torch.optim.AdamW(params, lr=3e-4))
         self.scheduler_fn = scheduler
         self._t0: float | None = None
+        # Set by a sharded (FSDP) run before its fit; configure_model applies it once the ranks are up.
+        self.shard_plan: ShardPlan | None = None
+        self._sharded = False
+
+    def configure_model(self) -> None:
+        """Shard the model over the strategy's device mesh when a :class:`ShardPlan` is set (else nothing)."""
+        if self.shard_plan is None or self._sharded:
+            return
+        shard_module(self, self.device_mesh["data_parallel"], self.shard_plan)
+        self._sharded = True
 
     def encode(self, batch: dict[str, Any]) -> ImageEncoding | None:
         """The batch's images, encoded once (patch tokens too when an objective reads them)."""

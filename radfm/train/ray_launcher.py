@@ -31,6 +31,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from radfm.train.sharding import ShardPlan
+
 log = logging.getLogger(__name__)
 
 CKPT_NAME = "checkpoint.ckpt"  # ray.train.lightning.RayTrainReportCallback.CHECKPOINT_NAME
@@ -269,12 +271,16 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
     report = _report_callback(int(rcfg.checkpoint_every_n_steps), run_dir, tokenizer,
                               {"data_version": config.get("data_version", "unknown"),
                                "transform": builder.transform_record(run.data_cfg)})
+    sharded = _sharded(rcfg, kwargs)
+    if sharded:
+        run.module.shard_plan = ShardPlan.from_dict(_plain(rcfg.get("shard")))
     trainer = L.Trainer(**kwargs, accelerator="gpu" if rcfg.use_gpu else "cpu", devices="auto",
                         strategy=_strategy(rcfg), plugins=[RayLightningEnvironment()],
                         use_distributed_sampler=False,  # ModalityBatchSampler shards by rank itself
                         callbacks=[report, *run.stages], logger=logger, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(run_dir))
-    trainer = prepare_trainer(trainer)
+    if not sharded:  # Ray's check knows only its own strategy classes (the FSDP2 one is ours)
+        trainer = prepare_trainer(trainer)
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:  # a fresh run: an explicit ckpt_path (or a one-process run's last.ckpt) if given
@@ -284,18 +290,34 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
         builder.fit(trainer, run, str(Path(ckpt_dir) / CKPT_NAME))
 
 
+def _plain(node: Any) -> dict[str, Any]:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
+
+
+def _sharded(rcfg: DictConfig, trainer_kwargs: dict[str, Any]) -> bool:
+    """True for ``strategy=fsdp``; its mixed precision is the shard plan's, not Lightning's precision flag."""
+    if str(rcfg.get("strategy") or "ddp") != "fsdp":
+        return False
+    precision = str(trainer_kwargs.get("precision", "32-true"))
+    if precision not in ("32", "32-true"):
+        raise ValueError(f"trainer.precision={precision} with trainer.ray.strategy=fsdp: keep 32-true and set "
+                         "trainer.ray.shard.param_dtype=bfloat16 (FSDP's mixed precision, fp32 master weights)")
+    return True
+
+
 def _strategy(rcfg: DictConfig) -> Any:
-    """Ray's Lightning strategies: DDP (default), or FSDP / DeepSpeed to shard full fine-tuning."""
+    """DDP (Ray's; every worker holds the whole model) or FSDP2 (ours; each holds 1/N of it)."""
     from ray.train import lightning as rl
 
+    from radfm.train.sharding import ray_fsdp_strategy
+
     name = str(rcfg.get("strategy") or "ddp")
-    given = rcfg.get("strategy_kwargs")
-    kwargs = (OmegaConf.to_container(given, resolve=True) if isinstance(given, DictConfig)
-              else dict(given or {}))
-    table = {"ddp": rl.RayDDPStrategy, "fsdp": rl.RayFSDPStrategy, "deepspeed": rl.RayDeepSpeedStrategy}
-    if name not in table:
-        raise ValueError(f"trainer.ray.strategy={name!r}: choose one of {sorted(table)}")
-    return table[name](**kwargs)
+    if name == "ddp":
+        return rl.RayDDPStrategy(**_plain(rcfg.get("strategy_kwargs")))
+    if name == "fsdp":
+        return ray_fsdp_strategy()
+    raise ValueError(f"trainer.ray.strategy={name!r}: choose ddp or fsdp (FSDP2 with trainer.ray.shard; "
+                     "DeepSpeed is not installed and was never run)")
 
 
 def _report_callback(every: int, run_dir: Path, tokenizer: Any, extra: dict[str, Any]) -> Any:
@@ -341,8 +363,10 @@ def _report_callback(every: int, run_dir: Path, tokenizer: Any, extra: dict[str,
             metrics.update(step=step, epoch=trainer.current_epoch)
             with tempfile.TemporaryDirectory(prefix=f"{Path(self.tmpdir_prefix).name}-{step}-") as tmp:
                 trainer.save_checkpoint(str(Path(tmp) / CKPT_NAME), weights_only=False)  # collective
-                if trainer.global_rank == 0 and with_model:
-                    save_pretrained(pl_module.model, tokenizer, Path(tmp) / MODEL_SUBDIR, extra=extra)
+                if with_model:
+                    exported = _exported(pl_module, tokenizer)  # collective under FSDP
+                    if trainer.global_rank == 0:
+                        save_pretrained(exported, tokenizer, Path(tmp) / MODEL_SUBDIR, extra=extra)
                 # Every rank reports (it is a barrier). Rank 0 carries the checkpoint; under DDP the others
                 # wrote nothing, under sharded strategies their shard files, which Ray merges into one dir.
                 wrote = trainer.global_rank == 0 or any(Path(tmp).iterdir())
@@ -352,3 +376,17 @@ def _report_callback(every: int, run_dir: Path, tokenizer: Any, extra: dict[str,
             self.last_reported = step
 
     return StepReportCallback()
+
+
+def _exported(pl_module: Any, tokenizer: Any) -> Any:
+    """The model to save (LoRA merged); a sharded model is gathered into one plain copy on rank 0 (every rank
+    must call this: the gather is a collective). Other ranks get None under FSDP."""
+    from radfm.train.lora import merged_for_export
+    from radfm.train.sharding import full_state_dict, unsharded_copy
+
+    if not getattr(pl_module, "_sharded", False):
+        return merged_for_export(pl_module.model)
+    state = full_state_dict(pl_module.model)
+    if pl_module.global_rank != 0:
+        return None
+    return merged_for_export(unsharded_copy(pl_module.model, state, tokenizer, pl_module.hparams.get("lora")))

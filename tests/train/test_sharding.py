@@ -1,0 +1,160 @@
+"""FSDP2 sharding (radfm.train.sharding) on 2 real gloo processes: the same losses as one process, half the
+weights per rank, and the gathered export equal to the trained weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from radfm.model import factory, presets
+from radfm.train.module import RadFMLitModule
+from radfm.train.objectives import AnswerLoss
+from radfm.train.sharding import ShardPlan, local_numel, shard_units
+
+STEPS = 5
+TEXTS = ["Is there a nodule?", "Yes, a left nodule.", "No.", "Which modality is this?", "CT of the chest."]
+
+
+def _lit(lora: bool = False) -> RadFMLitModule:
+    cfg = presets.small()
+    tokenizer = factory.build_tokenizer(cfg, texts=TEXTS * 4)
+    return RadFMLitModule(cfg, tokenizer, [AnswerLoss()], seed=0, freeze="lm" if lora else "none",
+                          lora={"r": 4, "alpha": 8, "dropout": 0.0} if lora else None)
+
+
+def _batch(lit: RadFMLitModule) -> dict:
+    """Two rows with one 3×128×128×4 image each (the same on every rank: the mean gradient is one rank's)."""
+    tok = lit.tokenizer
+    rows = [tok.format_prompt("Is there a nodule?", "Yes, a left nodule.", ["start"]),
+            tok.format_prompt("Which modality is this?", "CT of the chest.", ["start"])]
+    g = torch.Generator().manual_seed(1)
+    images = [torch.rand(3, 128, 128, 4, generator=g) for _ in rows]
+    return {**tok.pad(rows), "images": images, "ids": ["a", "b"], "tasks": ["vqa", "modality"]}
+
+
+def _train(lit: RadFMLitModule, batch: dict) -> list[float]:
+    """``STEPS`` AdamW steps (the module's own loss and parameter groups), the loss of each."""
+    opt = torch.optim.AdamW(lit.param_groups(), lr=1e-4)
+    losses = []
+    lit.train()
+    for _ in range(STEPS):
+        opt.zero_grad()
+        loss = lit._step(batch, "train")
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def _worker(rank: int, world: int, port: int, out: str, plan: dict, lora: bool) -> None:
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from radfm.train.sharding import full_state_dict, shard_module
+
+    warnings.filterwarnings("ignore")  # self.log outside a Trainer
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        lit = _lit(lora)
+        batch = _batch(lit)
+        if rank == 1:  # a rank that drifted (e.g. its own warm-up) is brought back to rank 0's weights
+            with torch.no_grad():
+                next(lit.model.parameters()).add_(1.0)
+        shard_module(lit, init_device_mesh("cpu", (world,)), ShardPlan(**plan))
+        held, total = local_numel(lit)
+        losses = _train(lit, batch)
+        state = full_state_dict(lit.model)
+        result = {"losses": losses, "held": held, "total": total}
+        if rank == 0:
+            torch.save(state, Path(out) / "state.pt")
+        (Path(out) / f"rank{rank}.json").write_text(json.dumps(result))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _sharded_run(tmp_path: Path, plan: dict, lora: bool = False) -> tuple[list[dict], dict]:
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), plan, lora), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    return ranks, torch.load(tmp_path / "state.pt")
+
+
+@pytest.fixture(scope="module")
+def single():
+    """The one-process run: losses, and the weights after ``STEPS`` steps."""
+    torch.set_num_threads(2)
+    lit = _lit()
+    losses = _train(lit, _batch(lit))
+    return losses, {k: v.detach().clone() for k, v in lit.model.state_dict().items()}
+
+
+def test_units_are_the_blocks_the_resampler_and_the_decoder_layers():
+    model = _lit().model
+    units = shard_units(model)
+    cfg = presets.small()
+    assert len(units) == cfg.vision.layers + 1 + cfg.lm.layers
+    assert model.vision.resampler in units
+    assert sum(type(u).__name__ == "LlamaDecoderLayer" for u in units) == cfg.lm.layers
+    with pytest.raises(ValueError, match="policy"):
+        ShardPlan(policy="layers")
+    with pytest.raises(ValueError, match="unknown keys"):
+        ShardPlan.from_dict({"policy": "blocks", "cpu_offload": True})
+
+
+def test_fp32_shards_train_as_one_process_and_export_the_same_weights(tmp_path, single):
+    """fp32 FSDP with activation checkpointing: the losses of 5 steps and the final weights as one process."""
+    ranks, state = _sharded_run(tmp_path, {"param_dtype": None, "reduce_dtype": None})
+    losses, weights = single
+    for r in ranks:
+        assert r["losses"] == pytest.approx(losses, rel=1e-4, abs=1e-5)
+        assert 0.45 <= r["held"] / r["total"] <= 0.55  # each rank holds about half of every weight
+    assert losses[-1] < losses[0] - 0.1  # it learned: a loss that did not move would match trivially
+    assert set(state) == set(weights)
+    worst = max(float((state[k] - weights[k]).abs().max()) for k in weights)
+    assert worst < 1e-4, worst
+
+
+def test_bf16_mixed_precision_follows_the_fp32_losses(tmp_path, single):
+    ranks, _ = _sharded_run(tmp_path, {"param_dtype": "bfloat16", "reduce_dtype": "float32"})
+    losses, _ = single
+    assert ranks[0]["losses"] == ranks[1]["losses"]  # the ranks agree exactly
+    assert ranks[0]["losses"] == pytest.approx(losses, rel=0.02)
+    assert ranks[0]["losses"] != pytest.approx(losses, rel=1e-6)  # bf16 did compute in bf16
+
+
+def test_lora_on_a_sharded_base_trains_only_the_adapters(tmp_path):
+    ranks, state = _sharded_run(tmp_path, {"param_dtype": None, "reduce_dtype": None}, lora=True)
+    assert ranks[0]["losses"] == pytest.approx(ranks[1]["losses"], rel=1e-6)
+    assert ranks[0]["losses"][-1] < ranks[0]["losses"][0]
+    base = _lit(lora=True).model.state_dict()
+    moved = {k for k in base if k.startswith("lm.") and not torch.equal(base[k], state[k])}
+    assert moved and all("lora_" in k for k in moved), sorted(moved)[:5]  # the frozen base did not move
+
+
+def test_the_gathered_weights_export_as_one_plain_checkpoint(tmp_path, single):
+    """unsharded_copy (built on the meta device) + save_pretrained: one safetensors file that loads back."""
+    from radfm.model.checkpoint import load_pretrained, save_pretrained
+    from radfm.train.sharding import unsharded_copy
+
+    lit = _lit()
+    _, weights = single
+    plain = unsharded_copy(lit.model, weights, lit.tokenizer, None)
+    save_pretrained(plain, lit.tokenizer, tmp_path / "model")
+    loaded, _ = load_pretrained(tmp_path / "model")
+    assert [p.name for p in (tmp_path / "model").glob("*.safetensors")] == ["model.safetensors"]
+    got = loaded.state_dict()
+    assert all(torch.equal(got[k], weights[k]) for k in weights)
