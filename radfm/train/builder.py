@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -24,6 +25,7 @@ from radfm.data.manifest import read_manifest
 from radfm.data.profile import with_profile
 from radfm.model.config import RadFMConfig
 from radfm.model.tokenizer import RadFMTokenizer
+from radfm.train.init_from import initial_model
 from radfm.train.module import RadFMLitModule
 from radfm.train.objectives import Objective
 
@@ -114,7 +116,11 @@ def build_module(cfg: DictConfig, model_cfg: RadFMConfig, tokenizer: RadFMTokeni
         data_cfg = data_cfg or build_data_config(cfg)
         names = train_label_names(data_cfg.manifest, data_cfg.label_source)
     lr_scale = cfg.optim.get("lr_scale")
-    return RadFMLitModule(model_cfg, tokenizer, objectives, optimizer=instantiate(cfg.optim.optimizer),
+    model = None
+    if cfg.get("init_from"):
+        torch.manual_seed(cfg.seed)  # the same draws for what the saved model does not hold (objective heads)
+        model = initial_model(cfg.init_from, model_cfg, tokenizer)
+    return RadFMLitModule(model_cfg, tokenizer, objectives, model=model, optimizer=instantiate(cfg.optim.optimizer),
                           scheduler=instantiate(cfg.optim.scheduler), freeze=cfg.freeze,
                           lora=OmegaConf.to_container(cfg.lora) if cfg.lora else None, seed=cfg.seed,
                           lr_scale=OmegaConf.to_container(lr_scale) if lr_scale else None, label_names=names)

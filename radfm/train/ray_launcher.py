@@ -31,7 +31,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from radfm.train.sharding import ShardPlan
+from radfm.train.sharding import ShardPlan, local_numel
 
 log = logging.getLogger(__name__)
 
@@ -337,9 +337,11 @@ def _report_callback(every: int, run_dir: Path, tokenizer: Any, extra: dict[str,
         def on_train_start(self, trainer: Any, pl_module: Any) -> None:
             ctx = ray.train.get_context()
             # global_step is the restored one here: what this start resumed from (0 for a fresh start).
+            held, total = local_numel(pl_module)  # after sharding: this rank's part of the weights
             line = {"rank": trainer.global_rank, "pid": os.getpid(),
                     "resumed_from_step": trainer.global_step, "world_size": ctx.get_world_size(),
-                    "torch_threads": torch.get_num_threads(), "time": time.time()}
+                    "torch_threads": torch.get_num_threads(), "time": time.time(),
+                    "params_held": held, "params_total": total}
             with open(run_dir / STARTS, "a") as f:
                 f.write(json.dumps(line) + "\n")
             self.last_reported = trainer.global_step

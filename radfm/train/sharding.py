@@ -149,7 +149,8 @@ def shard_module(lit: nn.Module, mesh: Any, plan: ShardPlan) -> None:
     register_fsdp_forward_method(model, "encode")
     for objective in lit.objectives.values():
         if any(True for _ in objective.parameters()):
-            fully_shard(objective, **kwargs)
+            # Heads stay fp32 (they read fp32 pooled features and are a tiny part of the compute).
+            fully_shard(objective, mesh=mesh)
             register_fsdp_forward_method(objective, "loss")
     log.info("sharded %d units + root over %d ranks (%s)", len(units), mesh.size(), plan)
 

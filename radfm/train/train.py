@@ -30,6 +30,7 @@ from radfm.train.builder import (
     transform_record,
 )
 from radfm.train.data_prep import ensure_dataset
+from radfm.train.init_from import copy_tokenizer
 from radfm.train.lora import merged_for_export
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             cfg.data.manifest = str(manifest)  # found under the data root (radfm.data.manifest.find_manifest)
     run_dir = run_dir_of(cfg)
     model_cfg = build_model_config(cfg)
+    if cfg.get("init_from"):
+        copy_tokenizer(cfg.init_from, run_dir)
     tokenizer = prepare_tokenizer(model_cfg, manifest, run_dir)
     if cfg.trainer.get("backend", "lightning") == "ray":
         from radfm.train.ray_launcher import train_with_ray

@@ -38,3 +38,17 @@ def make_cfg(tmp_path, synth_data_dir):
         return cfg
 
     return make
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """One local Ray (2 CPUs, loopback only, no dashboard) for every test of the session."""
+    import ray
+
+    from radfm.train.ray_launcher import start_local_ray
+
+    if not ray.is_initialized():
+        start_local_ray(num_cpus=2)
+    assert ray.util.get_node_ip_address() == "127.0.0.1"  # loopback only
+    yield ray
+    ray.shutdown()

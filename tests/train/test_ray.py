@@ -1,4 +1,5 @@
-"""Ray Train backend: 2 CPU workers end to end with MLflow read-back, and a worker killed mid-training."""
+"""Ray Train backend: 2 CPU workers end to end with MLflow read-back, a worker killed mid-training, and the
+same under FSDP2 sharding (each worker holds half of the `small` model; sharded checkpoints; one exported file)."""
 
 from __future__ import annotations
 
@@ -10,27 +11,13 @@ import time
 from pathlib import Path
 
 import mlflow
-import pytest
+import torch
 
 from radfm.train.ray_launcher import PIDS_DIR, STARTS
 from radfm.train.train import train
 
 RAY = ["trainer=ray", "trainer.ray.num_workers=2", "trainer.ray.resources_per_worker={CPU: 1}",
        "trainer.ray.max_failures=2"]
-
-
-@pytest.fixture(scope="session")
-def local_ray():
-    """One local Ray (2 CPUs, loopback only, no dashboard) for every test of the session."""
-    import ray
-
-    from radfm.train.ray_launcher import start_local_ray
-
-    if not ray.is_initialized():
-        start_local_ray(num_cpus=2)
-    assert ray.util.get_node_ip_address() == "127.0.0.1"  # loopback only
-    yield ray
-    ray.shutdown()
 
 
 def _starts(run_dir: Path) -> list[dict]:
@@ -127,3 +114,49 @@ def test_killed_worker_resumes_from_last_checkpoint(make_cfg, local_ray):
     assert reached - every <= resumed_step <= reached, (reached, resumed_step)
     assert {m.step for m in history} == set(range(max_steps))
     assert client.get_run(metrics["run_id"]).info.status == "FINISHED"
+
+
+def test_fsdp_shards_small_resumes_a_killed_worker_and_exports_one_file(make_cfg, local_ray):
+    """``strategy=fsdp`` on 2 workers with the ``small`` preset and a label head: each rank holds half of the
+    weights, every rank writes its shard of each checkpoint, a killed worker resumes from the sharded
+    checkpoint, and the gathered model is one safetensors file that loads."""
+    every, max_steps = 2, 6
+    cfg = make_cfg(*RAY, "trainer.ray.strategy=fsdp", "model=small", f"trainer.max_steps={max_steps}",
+                   f"trainer.val_check_interval={max_steps}", f"trainer.ray.checkpoint_every_n_steps={every}",
+                   "objective=[answer,label_head]", "objective.label_head.weight=1.0", "run_name=ray-fsdp")
+    run_dir = Path(cfg.paths.runs_dir) / "ray-fsdp"
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["metrics"] = train(cfg)
+        except BaseException as exc:  # noqa: BLE001 (re-raised in the test thread below)
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    storage = run_dir / "ray" / "train"
+    _wait_for_checkpoint(storage, f"step-{every:08d}", 600, thread)
+    os.kill(int((run_dir / PIDS_DIR / "rank1.pid").read_text()), signal.SIGKILL)
+    thread.join(900)
+    assert not thread.is_alive(), "training did not finish after the worker was killed"
+    if "error" in outcome:
+        raise outcome["error"]
+    assert outcome["metrics"]["global_step"] == max_steps
+
+    starts = _starts(run_dir)
+    assert all(0.45 <= s["params_held"] / s["params_total"] <= 0.55 for s in starts), starts
+    assert all(s["params_total"] > 5e7 for s in starts)  # the small preset, not tiny
+    restarted = starts[2:]
+    assert len(restarted) >= 2 and {s["resumed_from_step"] for s in restarted[:2]} >= {every}, starts
+
+    final = next(storage.glob(f"step-{max_steps:08d}-final"))
+    shards = sorted(p.name for p in (final / "checkpoint.ckpt").iterdir())
+    assert {"__0_0.distcp", "__1_0.distcp", ".metadata", "meta.pt"} <= set(shards), shards
+
+    from radfm.model.checkpoint import load_pretrained
+
+    model, _ = load_pretrained(run_dir / "model")
+    assert model.cfg.name == "small"
+    assert [p.name for p in (run_dir / "model").glob("*.safetensors")] == ["model.safetensors"]
+    assert all(torch.isfinite(p).all() for p in model.parameters())
