@@ -37,7 +37,7 @@ def copy_tokenizer(path: str | Path, run_dir: Path) -> None:
 
 def initial_model(path: str | Path, model_cfg: RadFMConfig, tokenizer: RadFMTokenizer) -> RadFMModel:
     """A model of ``model_cfg`` holding the weights saved under ``path`` (every weight, each of its shape)."""
-    from safetensors.torch import load_file
+    from safetensors import safe_open
 
     directory = checked_dir(path)
     saved = RadFMConfig.load(directory / CONFIG)
@@ -46,18 +46,21 @@ def initial_model(path: str | Path, model_cfg: RadFMConfig, tokenizer: RadFMToke
                          f"{saved.lm.vocab_size} tokens) and the config asks for {model_cfg.name!r} "
                          f"({model_cfg.lm.hidden_size}, {model_cfg.lm.vocab_size}): set model= to its preset")
     model = factory.build_model(model_cfg, tokenizer)
-    with named_weights_errors(directory / WEIGHTS):
-        state = load_file(str(directory / WEIGHTS))
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shape mismatches: torch lists them over many lines
-        first = next(line.strip() for line in str(exc).splitlines() if "size mismatch" in line)
-        raise ValueError(f"init_from={directory} does not fit model={model_cfg.name}: {first}") from None
-    missing = [k for k in result.missing_keys if k in model.state_dict()]
-    if missing or result.unexpected_keys:
-        raise ValueError(f"init_from={directory} does not fit model={model_cfg.name}: "
-                         f"{len(missing)} weights missing (e.g. {missing[:2]}), "
-                         f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[:2]})")
-    with torch.no_grad():
-        model.yes_no_offset = 0.0  # a new fit fits its own offset
+    own = model.state_dict()  # views of the weights: each saved tensor is copied in place, one at a time,
+    # so a 13B start holds one model in memory, not the model and a second copy of every weight
+    with named_weights_errors(directory / WEIGHTS), safe_open(str(directory / WEIGHTS), framework="pt") as f:
+        keys = set(f.keys())  # noqa: SIM118 (safe_open is not iterable)
+        missing, unexpected = sorted(own.keys() - keys), sorted(keys - own.keys())
+        if missing or unexpected:
+            raise ValueError(f"init_from={directory} does not fit model={model_cfg.name}: "
+                             f"{len(missing)} weights missing (e.g. {missing[:2]}), "
+                             f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})")
+        for key in sorted(keys):
+            shape = tuple(f.get_slice(key).get_shape())
+            if shape != tuple(own[key].shape):
+                raise ValueError(f"init_from={directory} does not fit model={model_cfg.name}: {key} has shape "
+                                 f"{list(shape)}, the model's is {list(own[key].shape)}")
+            with torch.no_grad():
+                own[key].copy_(f.get_tensor(key))
+    model.yes_no_offset = 0.0  # a new fit fits its own offset
     return model

@@ -31,6 +31,9 @@ def test_a_run_starts_from_a_saved_model_and_refuses_another_shape(make_cfg, tmp
     assert (second / "tokenizer" / "tokenizer.json").read_bytes() == (src / "tokenizer" / "tokenizer.json").read_bytes()
 
     small = build_model_config(make_cfg("model=small"))
+    other = build_model_config(make_cfg("model.lm.intermediate_size=512"))  # same width and vocabulary
+    with pytest.raises(ValueError, match=r"does not fit model=tiny: lm\..*mlp.* has shape \[.*688.*\], the model"):
+        initial_model(src, other, tokenizer)
     with pytest.raises(ValueError, match=r"init_from=.* holds a 'tiny' model .* set model= to its preset"):
         initial_model(src, small, tokenizer)
     with pytest.raises(FileNotFoundError, match="model.safetensors is missing"):

@@ -120,9 +120,12 @@ def test_fsdp_shards_small_resumes_a_killed_worker_and_exports_one_file(make_cfg
     """``strategy=fsdp`` on 2 workers with the ``small`` preset and a label head: each rank holds half of the
     weights, every rank writes its shard of each checkpoint, a killed worker resumes from the sharded
     checkpoint, and the gathered model is one safetensors file that loads."""
-    every, max_steps = 2, 6
+    every, max_steps = 2, 4
     cfg = make_cfg(*RAY, "trainer.ray.strategy=fsdp", "model=small", f"trainer.max_steps={max_steps}",
                    f"trainer.val_check_interval={max_steps}", f"trainer.ray.checkpoint_every_n_steps={every}",
+                   # fp32 compute and no validation keep it in CI's budget (bf16: tests/train/test_sharding.py)
+                   "data.batch_size_2d=2", "data.batch_size_3d=1", "trainer.limit_val_batches=0",
+                   "trainer.ray.shard.param_dtype=null",
                    "objective=[answer,label_head]", "objective.label_head.weight=1.0", "run_name=ray-fsdp")
     run_dir = Path(cfg.paths.runs_dir) / "ray-fsdp"
     outcome: dict = {}

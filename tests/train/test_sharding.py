@@ -1,5 +1,8 @@
 """FSDP2 sharding (radfm.train.sharding) on 2 real gloo processes: the same losses as one process, half the
-weights per rank, and the gathered export equal to the trained weights."""
+weights per rank, and the gathered export equal to the trained weights.
+
+The ``tiny`` preset keeps these in seconds (the units and the arithmetic are the same at every size); the Ray
+test (tests/train/test_ray.py) runs the ``small`` preset end to end."""
 
 from __future__ import annotations
 
@@ -23,19 +26,20 @@ TEXTS = ["Is there a nodule?", "Yes, a left nodule.", "No.", "Which modality is 
 
 
 def _lit(lora: bool = False) -> RadFMLitModule:
-    cfg = presets.small()
+    cfg = presets.tiny()
     tokenizer = factory.build_tokenizer(cfg, texts=TEXTS * 4)
     return RadFMLitModule(cfg, tokenizer, [AnswerLoss()], seed=0, freeze="lm" if lora else "none",
                           lora={"r": 4, "alpha": 8, "dropout": 0.0} if lora else None)
 
 
 def _batch(lit: RadFMLitModule) -> dict:
-    """Two rows with one 3×128×128×4 image each (the same on every rank: the mean gradient is one rank's)."""
+    """Two rows with one image each (the same on every rank: the mean gradient is one rank's)."""
     tok = lit.tokenizer
     rows = [tok.format_prompt("Is there a nodule?", "Yes, a left nodule.", ["start"]),
             tok.format_prompt("Which modality is this?", "CT of the chest.", ["start"])]
     g = torch.Generator().manual_seed(1)
-    images = [torch.rand(3, 128, 128, 4, generator=g) for _ in rows]
+    size = lit.model_cfg.vision.image_size
+    images = [torch.rand(3, size, size, 4, generator=g) for _ in rows]
     return {**tok.pad(rows), "images": images, "ids": ["a", "b"], "tasks": ["vqa", "modality"]}
 
 
@@ -105,7 +109,7 @@ def single():
 def test_units_are_the_blocks_the_resampler_and_the_decoder_layers():
     model = _lit().model
     units = shard_units(model)
-    cfg = presets.small()
+    cfg = presets.tiny()
     assert len(units) == cfg.vision.layers + 1 + cfg.lm.layers
     assert model.vision.resampler in units
     assert sum(type(u).__name__ == "LlamaDecoderLayer" for u in units) == cfg.lm.layers
