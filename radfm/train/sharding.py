@@ -115,15 +115,21 @@ def _without_builtin_checkpointing(model: nn.Module) -> None:
         lm.gradient_checkpointing_disable()
 
 
-def broadcast_from_rank0(module: nn.Module, group: Any = None) -> None:
+def broadcast_from_rank0(module: nn.Module, group: Any = None, device_type: str = "cpu") -> None:
     """Rank 0's weights and buffers on every rank (a rank-local warm-up or seed must not leave ranks apart:
-    sharding keeps each rank's own slice)."""
+    sharding keeps each rank's own slice). The model is still on the CPU here; under NCCL (a GPU mesh) each
+    tensor goes through the GPU one at a time, never the whole model."""
     import torch.distributed as dist
 
     src = dist.get_global_rank(group, 0) if group is not None else 0
     with torch.no_grad():
         for tensor in [*module.parameters(), *module.buffers()]:
-            dist.broadcast(tensor.data, src=src, group=group)
+            if device_type == "cpu" or tensor.device.type == device_type:
+                dist.broadcast(tensor.data, src=src, group=group)
+            else:
+                staged = tensor.data.to(device_type)
+                dist.broadcast(staged, src=src, group=group)
+                tensor.data.copy_(staged)
 
 
 def shard_module(lit: nn.Module, mesh: Any, plan: ShardPlan) -> None:
@@ -135,7 +141,7 @@ def shard_module(lit: nn.Module, mesh: Any, plan: ShardPlan) -> None:
     from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
     model = lit.model
-    broadcast_from_rank0(lit, mesh.get_group())
+    broadcast_from_rank0(lit, mesh.get_group(), mesh.device_type)
     kwargs = {"mesh": mesh, "mp_policy": plan.mixed_precision()}
     units = shard_units(model, plan.policy)
     if plan.activation_checkpointing:
