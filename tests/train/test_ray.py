@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import mlflow
+import pytest
 import torch
 
 from radfm.train.ray_launcher import PIDS_DIR, STARTS
@@ -121,12 +122,13 @@ def test_fsdp_shards_small_resumes_a_killed_worker_and_exports_one_file(make_cfg
     weights, every rank writes its shard of each checkpoint, a killed worker resumes from the sharded
     checkpoint, and the gathered model is one safetensors file that loads."""
     every, max_steps = 2, 4
-    cfg = make_cfg(*RAY, "trainer.ray.strategy=fsdp", "model=small", f"trainer.max_steps={max_steps}",
-                   f"trainer.val_check_interval={max_steps}", f"trainer.ray.checkpoint_every_n_steps={every}",
-                   # fp32 compute and no validation keep it in CI's budget (bf16: tests/train/test_sharding.py)
-                   "data.batch_size_2d=2", "data.batch_size_3d=1", "trainer.limit_val_batches=0",
-                   "trainer.ray.shard.param_dtype=null",
-                   "objective=[answer,label_head]", "objective.label_head.weight=1.0", "run_name=ray-fsdp")
+    overrides = [*RAY, "trainer.ray.strategy=fsdp", "model=small", f"trainer.max_steps={max_steps}",
+                 f"trainer.val_check_interval={max_steps}", f"trainer.ray.checkpoint_every_n_steps={every}",
+                 # fp32 compute and no validation keep it in CI's budget (bf16: tests/train/test_sharding.py)
+                 "data.batch_size_2d=2", "data.batch_size_3d=1", "trainer.limit_val_batches=0",
+                 "trainer.ray.shard.param_dtype=null", "objective=[answer,label_head]",
+                 "objective.label_head.weight=1.0"]
+    cfg = make_cfg(*overrides, "run_name=ray-fsdp")
     run_dir = Path(cfg.paths.runs_dir) / "ray-fsdp"
     outcome: dict = {}
 
@@ -163,3 +165,21 @@ def test_fsdp_shards_small_resumes_a_killed_worker_and_exports_one_file(make_cfg
     assert model.cfg.name == "small"
     assert [p.name for p in (run_dir / "model").glob("*.safetensors")] == ["model.safetensors"]
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+    # Exact resume: an uninterrupted run of the same config logs the same loss at every step, those after the
+    # restart included (weights, AdamW states, schedule and data position all came back from the shards).
+    straight = train(make_cfg(*overrides, "run_name=ray-fsdp-straight"))
+    client = mlflow.MlflowClient(tracking_uri=cfg.paths.mlflow_uri)
+    resumed_losses, straight_losses = (_last_per_step(client, m["run_id"]) for m in (outcome["metrics"], straight))
+    assert set(resumed_losses) == set(straight_losses) == set(range(max_steps))
+    for step in range(max_steps):
+        assert resumed_losses[step] == pytest.approx(straight_losses[step], rel=1e-5, abs=1e-6), step
+
+
+def _last_per_step(client: mlflow.MlflowClient, run_id: str) -> dict[int, float]:
+    """``train/loss`` by step, the value logged last where a restarted worker logged a step again."""
+    out: dict[int, tuple[int, float]] = {}
+    for m in client.get_metric_history(run_id, "train/loss"):
+        if m.step not in out or m.timestamp >= out[m.step][0]:
+            out[m.step] = (m.timestamp, m.value)
+    return {step: value for step, (_, value) in out.items()}
