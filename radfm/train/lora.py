@@ -18,9 +18,10 @@ def apply_lora(model: RadFMModel, r: int = 8, alpha: int = 16, dropout: float = 
     model.lm = get_peft_model(model.lm, config)
 
 
-def merged_for_export(model: Any) -> Any:
-    """A LoRA-wrapped LM is merged into plain weights so the checkpoint loads without peft."""
+def merged_for_export(model: Any, in_place: bool = False) -> Any:
+    """A LoRA-wrapped LM is merged into plain weights so the checkpoint loads without peft (into a copy, unless
+    ``in_place``: a model built only to be saved need not be copied again)."""
     if hasattr(model.lm, "merge_and_unload"):
-        model = copy.deepcopy(model)
+        model = model if in_place else copy.deepcopy(model)
         model.lm = model.lm.merge_and_unload()
     return model

@@ -381,14 +381,15 @@ def _report_callback(every: int, run_dir: Path, tokenizer: Any, extra: dict[str,
 
 
 def _exported(pl_module: Any, tokenizer: Any) -> Any:
-    """The model to save (LoRA merged); a sharded model is gathered into one plain copy on rank 0 (every rank
-    must call this: the gather is a collective). Other ranks get None under FSDP."""
+    """The model rank 0 saves (LoRA merged), None on other ranks; a sharded model is gathered into one plain
+    copy on rank 0 (every rank must call this: the gather is a collective)."""
     from radfm.train.lora import merged_for_export
     from radfm.train.sharding import full_state_dict, unsharded_copy
 
     if not getattr(pl_module, "_sharded", False):
-        return merged_for_export(pl_module.model)
+        return merged_for_export(pl_module.model) if pl_module.global_rank == 0 else None
     state = full_state_dict(pl_module.model)
     if pl_module.global_rank != 0:
         return None
-    return merged_for_export(unsharded_copy(pl_module.model, state, tokenizer, pl_module.hparams.get("lora")))
+    plain = unsharded_copy(pl_module.model, state, tokenizer, pl_module.hparams.get("lora"))
+    return merged_for_export(plain, in_place=True)
