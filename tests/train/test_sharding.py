@@ -148,6 +148,18 @@ def test_lora_on_a_sharded_base_trains_only_the_adapters(tmp_path):
     moved = {k for k in base if k.startswith("lm.") and not torch.equal(base[k], state[k])}
     assert moved and all("lora_" in k for k in moved), sorted(moved)[:5]  # the frozen base did not move
 
+    # The export: the gathered state in a plain copy, LoRA merged into the base weights (loads without peft).
+    from radfm.train.lora import merged_for_export
+    from radfm.train.sharding import unsharded_copy
+
+    lit = _lit(lora=True)
+    merged = merged_for_export(unsharded_copy(lit.model, state, lit.tokenizer, lit.hparams["lora"]), in_place=True)
+    names = dict(merged.named_parameters())
+    assert not any("lora_" in n for n in names)
+    q = next(n for n in names if n.endswith("layers.0.self_attn.q_proj.weight"))
+    base_q = next(v for k, v in base.items() if k.endswith("layers.0.self_attn.q_proj.base_layer.weight"))
+    assert not torch.equal(names[q].detach(), base_q)  # the trained adapter is in the merged weight
+
 
 def test_the_gathered_weights_export_as_one_plain_checkpoint(tmp_path, single):
     """unsharded_copy (built on the meta device) + save_pretrained: one safetensors file that loads back."""
