@@ -72,11 +72,9 @@ def _wait_for_checkpoint(storage: Path, name: str, timeout: float, worker: threa
     raise AssertionError(f"no checkpoint {name} registered under {storage} within {timeout}s")
 
 
-def test_killed_worker_resumes_from_last_checkpoint(make_cfg, local_ray):
-    every, max_steps = 5, 30
-    cfg = make_cfg(*RAY, f"trainer.max_steps={max_steps}", "trainer.val_check_interval=15",
-                   f"trainer.ray.checkpoint_every_n_steps={every}", "run_name=ray-kill")
-    run_dir = Path(cfg.paths.runs_dir) / "ray-kill"
+def _train_killing_a_worker(cfg, run_dir: Path, every: int, rank: int, timeout: float) -> tuple[int, float, dict]:
+    """Train ``cfg`` in a thread, SIGKILL rank ``rank``'s worker once the step-``every`` checkpoint is registered
+    and wait for the run to finish: the killed pid, the kill time and the run's metrics."""
     outcome: dict = {}
 
     def run() -> None:
@@ -87,15 +85,23 @@ def test_killed_worker_resumes_from_last_checkpoint(make_cfg, local_ray):
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    _wait_for_checkpoint(run_dir / "ray" / "train", f"step-{every:08d}", 240, thread)
-    pid = int((run_dir / PIDS_DIR / "rank0.pid").read_text())
+    _wait_for_checkpoint(run_dir / "ray" / "train", f"step-{every:08d}", timeout, thread)
+    pid = int((run_dir / PIDS_DIR / f"rank{rank}.pid").read_text())
     kill_time = time.time()
     os.kill(pid, signal.SIGKILL)
-    thread.join(300)
+    thread.join(timeout * 1.5)
     assert not thread.is_alive(), "training did not finish after the worker was killed"
     if "error" in outcome:
         raise outcome["error"]
-    metrics = outcome["metrics"]
+    return pid, kill_time, outcome["metrics"]
+
+
+def test_killed_worker_resumes_from_last_checkpoint(make_cfg, local_ray):
+    every, max_steps = 5, 30
+    cfg = make_cfg(*RAY, f"trainer.max_steps={max_steps}", "trainer.val_check_interval=15",
+                   f"trainer.ray.checkpoint_every_n_steps={every}", "run_name=ray-kill")
+    run_dir = Path(cfg.paths.runs_dir) / "ray-kill"
+    pid, kill_time, metrics = _train_killing_a_worker(cfg, run_dir, every, rank=0, timeout=240)
     assert metrics["global_step"] == max_steps
 
     starts = _starts(run_dir)
@@ -130,24 +136,9 @@ def test_fsdp_shards_small_resumes_a_killed_worker_and_exports_one_file(make_cfg
                  "objective.label_head.weight=1.0"]
     cfg = make_cfg(*overrides, "run_name=ray-fsdp")
     run_dir = Path(cfg.paths.runs_dir) / "ray-fsdp"
-    outcome: dict = {}
-
-    def run() -> None:
-        try:
-            outcome["metrics"] = train(cfg)
-        except BaseException as exc:  # noqa: BLE001 (re-raised in the test thread below)
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
     storage = run_dir / "ray" / "train"
-    _wait_for_checkpoint(storage, f"step-{every:08d}", 600, thread)
-    os.kill(int((run_dir / PIDS_DIR / "rank1.pid").read_text()), signal.SIGKILL)
-    thread.join(900)
-    assert not thread.is_alive(), "training did not finish after the worker was killed"
-    if "error" in outcome:
-        raise outcome["error"]
-    assert outcome["metrics"]["global_step"] == max_steps
+    _, _, metrics = _train_killing_a_worker(cfg, run_dir, every, rank=1, timeout=600)
+    assert metrics["global_step"] == max_steps
 
     starts = _starts(run_dir)
     assert all(0.45 <= s["params_held"] / s["params_total"] <= 0.55 for s in starts), starts
@@ -170,7 +161,7 @@ def test_fsdp_shards_small_resumes_a_killed_worker_and_exports_one_file(make_cfg
     # restart included (weights, AdamW states, schedule and data position all came back from the shards).
     straight = train(make_cfg(*overrides, "run_name=ray-fsdp-straight"))
     client = mlflow.MlflowClient(tracking_uri=cfg.paths.mlflow_uri)
-    resumed_losses, straight_losses = (_last_per_step(client, m["run_id"]) for m in (outcome["metrics"], straight))
+    resumed_losses, straight_losses = (_last_per_step(client, m["run_id"]) for m in (metrics, straight))
     assert set(resumed_losses) == set(straight_losses) == set(range(max_steps))
     for step in range(max_steps):
         assert resumed_losses[step] == pytest.approx(straight_losses[step], rel=1e-5, abs=1e-6), step
