@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -133,7 +134,8 @@ def test_fsdp_shards_small_resumes_a_killed_worker_and_exports_one_file(make_cfg
                  # fp32 compute and no validation keep it in CI's budget (bf16: tests/train/test_sharding.py)
                  "data.batch_size_2d=2", "data.batch_size_3d=1", "trainer.limit_val_batches=0",
                  "trainer.ray.shard.param_dtype=null", "objective=[answer,label_head]",
-                 "objective.label_head.weight=1.0"]
+                 # each checkpoint of small with AdamW states is ~1.3 GB: keep one on disk
+                 "objective.label_head.weight=1.0", "trainer.ray.keep_checkpoints=1"]
     cfg = make_cfg(*overrides, "run_name=ray-fsdp")
     run_dir = Path(cfg.paths.runs_dir) / "ray-fsdp"
     storage = run_dir / "ray" / "train"
@@ -156,6 +158,8 @@ def test_fsdp_shards_small_resumes_a_killed_worker_and_exports_one_file(make_cfg
     assert model.cfg.name == "small"
     assert [p.name for p in (run_dir / "model").glob("*.safetensors")] == ["model.safetensors"]
     assert all(torch.isfinite(p).all() for p in model.parameters())
+    del model
+    shutil.rmtree(storage)  # the checks above are done with it; the straight run below writes as much again
 
     # Exact resume: an uninterrupted run of the same config logs the same loss at every step, those after the
     # restart included (weights, AdamW states, schedule and data position all came back from the shards).
