@@ -46,6 +46,7 @@ class EvalSpec(BaseModel):
     ablate: bool = True
     embedding: bool = True
     max_new_tokens: int = 128
+    num_beams: int = Field(1, ge=1)  # open answers: greedy (1), or beam search
 
 
 class PipelineParams(BaseModel):

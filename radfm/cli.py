@@ -122,7 +122,8 @@ def _eval(args: argparse.Namespace) -> int:
     with _local_checkpoint(args.model) as model_dir:
         summary = evaluate_checkpoint(model_dir, args.manifest, args.out, data_root=args.data_root,
                                       split=args.split, batch_size=args.batch_size, limit=args.limit,
-                                      ablate=not args.no_ablate, embedding=not args.no_embedding)
+                                      ablate=not args.no_ablate, embedding=not args.no_embedding,
+                                      num_beams=args.num_beams)
     print(summary_markdown(summary).split("## per family")[0])
     print(f"per-sample CSV, summary and report.html in {args.out}")
     return 0
@@ -241,16 +242,18 @@ def _require_registry(uri: str) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from radfm.registry.inference import check_inputs, predict
+    from radfm.registry.inference import check_inputs, check_num_beams, predict
     from radfm.registry.registry import default_tracking_uri
 
     # The inputs first (milliseconds: prompt, max_new_tokens, image count and headers), then the registry; the
     # context is checked by the model itself before it does any work.
     images = check_inputs(args.prompt, args.image, args.max_new_tokens)
+    check_num_beams(args.num_beams, "--num-beams")
     uri = default_tracking_uri()
     if args.model.startswith(("models:/", "runs:/")):
         _require_registry(uri)
-    print(predict(args.model, args.prompt, images, max_new_tokens=args.max_new_tokens, tracking_uri=uri))
+    print(predict(args.model, args.prompt, images, max_new_tokens=args.max_new_tokens, tracking_uri=uri,
+                  num_beams=args.num_beams))
     return 0
 
 
@@ -332,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="score only the first N rows of the split")
     p.add_argument("--no-ablate", action="store_true", help="skip the image-ablated baseline (the second pass of the model)")
     p.add_argument("--no-embedding", action="store_true", help="skip the embedding similarity of reports and rationales")
+    p.add_argument("--num-beams", type=int, default=1, help="open answers by beam search over N beams (1: greedy)")
 
     p = command("register", "log a checkpoint as an MLflow model and register it as challenger", _register)
     p.add_argument("--checkpoint", required=True, help="checkpoint directory (radfm save_pretrained)")
@@ -357,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", required=True, help="the question or instruction")
     p.add_argument("--image", action="append", default=[], help="an image or scan (repeatable)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="at most the model's context minus the prompt")
+    p.add_argument("--num-beams", type=int, default=1, help="beam search over N beams (1: greedy; at most 8)")
 
     from radfm.app import add_parser as add_app_parser  # cheap: Gradio and the model load only when it runs
 

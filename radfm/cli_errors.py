@@ -45,11 +45,12 @@ KNOWN_BUILTINS: tuple[type[BaseException], ...] = (FileNotFoundError, NotADirect
                                                    PermissionError, ConnectionError)
 # A ValueError raised in one of these modules is about a config value or a file the user gave (the run builder,
 # the composed config, the model/data/validation configs, the promotion gate file, a checkpoint to load or
-# import) and names the key or the file.
+# import, the RadBench options) and names the key or the file.
 INPUT_MODULES: tuple[str, ...] = ("radfm.train.builder", "radfm.train.compose", "radfm.train.param_groups",
                                   "radfm.train.ray_launcher", "radfm.model.config", "radfm.model.presets",
                                   "radfm.data.config", "radfm.data.limits", "radfm.validation.config",
-                                  "radfm.registry.promotion", "radfm.model.checkpoint", "radfm.model.convert")
+                                  "radfm.registry.promotion", "radfm.model.checkpoint", "radfm.model.convert",
+                                  "radfm.eval.radbench")
 # MLflow errors that mean "you asked for something that is not there / not allowed", not a server fault.
 MLFLOW_USER_CODES: frozenset[str] = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE",
                                                "RESOURCE_ALREADY_EXISTS", "PERMISSION_DENIED", "UNAUTHENTICATED",

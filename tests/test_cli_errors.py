@@ -218,6 +218,17 @@ def test_predict_too_many_images(scans: list[Path], capsys: pytest.CaptureFixtur
     assert "17 images, over the limit of 16 per request" in one_error_line(capsys.readouterr().err, "predict")
 
 
+def test_a_beam_count_out_of_range_before_any_model(scans: list[Path], tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """``--num-beams`` is checked before a registry or a checkpoint is looked at (neither exists here)."""
+    assert main(["predict", "--prompt", "Is there a nodule?", "--image", str(scans[0]), "--num-beams", "9"]) == 2
+    assert one_error_line(capsys.readouterr().err, "predict").endswith(
+        "--num-beams: num_beams must be from 1 (greedy) to 8, got 9")
+    assert main(["eval", "--model", str(tmp_path / "none"), "--manifest", str(tmp_path / "m.jsonl"), "--out",
+                 str(tmp_path / "e"), "--num-beams", "0"]) == 2
+    assert one_error_line(capsys.readouterr().err, "eval").endswith("num_beams must be at least 1 (1: greedy), got 0")
+
+
 # ---- the pipeline flow's command line --------------------------------------------------------------------------
 def test_pipeline_bad_override_has_no_traceback() -> None:
     """Prefect logs the failure of the task and the flow (one line each, tracebacks kept in the run's logs);

@@ -74,9 +74,10 @@ class _ImageFeatures:
 @torch.no_grad()
 def predict(model: RadFMModel, tokenizer: RadFMTokenizer, samples: Sequence[Sample], ds: RadFMDataset,
             batch_size: int = 16, max_new_tokens: int = 128, ablate: bool = False,
-            progress: str | None = None) -> list[Prediction]:
+            progress: str | None = None, num_beams: int = 1) -> list[Prediction]:
     """Answer every sample: ``choices`` → rank by log p(answer | prompt, images) (yes/no moved by the model's
-    ``yes_no_offset``, :mod:`radfm.eval.calibration`); otherwise greedy generation.
+    ``yes_no_offset``, :mod:`radfm.eval.calibration`); otherwise greedy generation, or beam search with
+    ``num_beams`` > 1.
 
     Each sample's images are encoded once, however many candidate rows score them. ``progress`` names the work
     in progress lines (:mod:`radfm.progress`; rows = candidate rows + open questions); None reports nothing.
@@ -95,7 +96,7 @@ def predict(model: RadFMModel, tokenizer: RadFMTokenizer, samples: Sequence[Samp
     with reporter or nullcontext():
         _score_closed(model, tokenizer, samples, rows, last_row, positions, features, scores, batch_size, reporter)
         _generate_open(model, tokenizer, samples, open_idx, positions, features, out, batch_size, max_new_tokens,
-                       reporter)
+                       reporter, num_beams)
     # The model's yes/no offset (radfm.eval.calibration) moves the yes/no decision; logprobs stay raw.
     offset = float(getattr(model, "yes_no_offset", 0.0) or 0.0)
     for i, s in enumerate(samples):
@@ -134,8 +135,9 @@ def _score_closed(model: RadFMModel, tokenizer: RadFMTokenizer, samples: Sequenc
 
 def _generate_open(model: RadFMModel, tokenizer: RadFMTokenizer, samples: Sequence[Sample], open_idx: list[int],
                    positions: list[list[int | None]], features: _ImageFeatures, out: list[Prediction | None],
-                   batch_size: int, max_new_tokens: int, reporter: ProgressReporter | None) -> None:
-    """Greedy answers of the open questions into ``out``."""
+                   batch_size: int, max_new_tokens: int, reporter: ProgressReporter | None,
+                   num_beams: int = 1) -> None:
+    """Greedy (or ``num_beams`` beam-search) answers of the open questions into ``out``."""
     for start in range(0, len(open_idx), batch_size):
         chunk = open_idx[start:start + batch_size]
         encs = [tokenizer.format_prompt(samples[i].question, None, positions[i]) for i in chunk]
@@ -144,7 +146,8 @@ def _generate_open(model: RadFMModel, tokenizer: RadFMTokenizer, samples: Sequen
         features.drop(chunk)
         batch = tokenizer.pad(encs, side="left")
         new = model.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=max_new_tokens,
-                             eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id, image_features=feats)
+                             eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id, image_features=feats,
+                             num_beams=num_beams)
         for i, row in zip(chunk, new.tolist()):
             out[i] = Prediction(tokenizer.decode(row))
         if reporter is not None:

@@ -41,10 +41,15 @@ class EvalConfig:
     # answers (BENCHMARKS.md, "Main job"). Lower it for a large model on a small GPU.
     batch_size: int = 64
     max_new_tokens: int = 128
+    num_beams: int = 1  # open answers: greedy, or beam search over this many beams
     limit: int | None = None
     ablate: bool = True
     embedding: bool = True
     transform: TransformConfig = field(default_factory=TransformConfig)
+
+    def __post_init__(self) -> None:
+        if self.num_beams < 1:
+            raise ValueError(f"num_beams must be at least 1 (1: greedy), got {self.num_beams}")
 
 
 def _norm(text: str) -> str:
@@ -159,12 +164,13 @@ def evaluate(model: Any, tokenizer: Any, cfg: EvalConfig, out_dir: str | Path, c
     train = [s for s in samples if s.split == "train"] or test
     ds = RadFMDataset(test, cfg.data_root, tokenizer, cfg.transform, train=False, cache=cache)
     systems: dict[str, list[Prediction]] = {
-        "model": predict(model, tokenizer, test, ds, cfg.batch_size, cfg.max_new_tokens, progress="RadBench model"),
+        "model": predict(model, tokenizer, test, ds, cfg.batch_size, cfg.max_new_tokens, progress="RadBench model",
+                         num_beams=cfg.num_beams),
         "blind": blind_answers(train, test),
     }
     if cfg.ablate:
         systems["ablated"] = predict(model, tokenizer, test, ds, cfg.batch_size, cfg.max_new_tokens, ablate=True,
-                                     progress="RadBench image-ablated")
+                                     progress="RadBench image-ablated", num_beams=cfg.num_beams)
     # Scoring (embeddings of every open answer) and the report take a while on a CPU: a reporter open over
     # them keeps the progress lines coming (its heartbeat) until RadBench is done.
     with ProgressReporter("RadBench scores and report", 2, unit="part", item="parts") as phase:
@@ -182,11 +188,14 @@ def evaluate_checkpoint(model_dir: str | Path, manifest: str | Path, out_dir: st
                         data_root: str | Path | None = None, **options: Any) -> dict[str, Any]:
     """Load a ``save_pretrained`` checkpoint and run RadBench on it (what ``radfm eval`` and the pipeline do).
 
-    ``options`` are :class:`EvalConfig` fields (split, batch_size, limit, ablate, embedding, max_new_tokens).
+    ``options`` are :class:`EvalConfig` fields (split, batch_size, limit, ablate, embedding, max_new_tokens,
+    num_beams).
     """
     from radfm.data.cache import TensorCache
     from radfm.model.checkpoint import load_pretrained
 
+    if options.get("num_beams", 1) < 1:  # before the model loads
+        raise ValueError(f"num_beams must be at least 1 (1: greedy), got {options['num_beams']}")
     model, tokenizer = load_pretrained(model_dir)
     manifest = Path(manifest)
     cfg = EvalConfig(manifest=str(manifest), data_root=str(data_root or manifest.parent),

@@ -50,6 +50,36 @@ class _Shape:
     head_dim: int
 
 
+@dataclass
+class _Cache:
+    """A static KV cache in use: per layer ``B×kv_heads×(T+N)×head_dim`` keys and values, the columns a query
+    may see (``B×(T+N)``), each row's last position (``B×1``), and the last prompt position's hidden state."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    valid: torch.Tensor
+    pos: torch.Tensor
+    padded: bool
+    prompt_len: int
+    last: torch.Tensor
+
+    def select(self, rows: torch.Tensor, upto: int) -> None:
+        """Keep the cache rows ``rows`` (``B``, indices into the current rows), their first ``upto`` columns
+        copied (the later ones are written before they are read)."""
+        for cache in (self.keys, self.values):
+            for i, c in enumerate(cache):
+                cache[i][:, :, :upto] = c[rows, :, :upto]
+        self.valid = self.valid[rows]
+        self.pos = self.pos[rows]
+
+    def repeat(self, k: int) -> None:
+        """Each row ``k`` times in a row (``B`` → ``B·k``), as beam search starts."""
+        self.keys = [c.repeat_interleave(k, dim=0) for c in self.keys]
+        self.values = [c.repeat_interleave(k, dim=0) for c in self.values]
+        self.valid, self.pos = self.valid.repeat_interleave(k, 0), self.pos.repeat_interleave(k, 0)
+        self.last = self.last.repeat_interleave(k, 0)
+
+
 class LeanDecoder:
     """Greedy decoding of a ``LlamaForCausalLM`` from input embeddings, with a static KV cache.
 
@@ -111,15 +141,10 @@ class LeanDecoder:
             logits[:, list(suppress)] = float("-inf")
         return logits.argmax(-1)
 
-    @torch.no_grad()
-    def greedy(self, embeds: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
-               eos_token_id: int | None, pad_token_id: int | None, suppress: Sequence[int] = ()) -> torch.Tensor:
-        """Left-padded prompt embeddings ``B×T×hidden`` and their mask ``B×T`` → new tokens ``B×N`` (N ≤
-        ``max_new_tokens``; after a row's EOS its tokens are ``pad_token_id``; the loop ends when every row
-        has ended), as ``generate(inputs_embeds=…)`` greedy returns them."""
+    def _prefill(self, embeds: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int) -> _Cache:
+        """Run the prompt (``B×T×hidden``, left-padded, mask ``B×T``) into a fresh cache with room for
+        ``max_new_tokens`` more columns."""
         b, t, _ = embeds.shape
-        if max_new_tokens <= 0:
-            return torch.zeros(b, 0, dtype=torch.long, device=embeds.device)
         s = self.shape
         total = t + max_new_tokens
         dtype, device = embeds.dtype, embeds.device
@@ -138,10 +163,34 @@ class LeanDecoder:
             mask = mask | torch.eye(t, dtype=torch.bool, device=device)[None, None]
         cos, sin = self._cos_sin(positions, dtype)
         h = self._layers(embeds, cos, sin, keys, values, 0, mask, causal=True)
-        nxt = self._next(h[:, -1], suppress)
+        return _Cache(keys, values, valid, positions[:, -1:], padded, t, h[:, -1])
+
+    def _step(self, cache: _Cache, tokens: torch.Tensor, step: int) -> torch.Tensor:
+        """Feed one new token per row (``tokens``: ``B``) as the ``step``-th new column; → its hidden state
+        ``B×hidden``."""
+        at = cache.prompt_len + step
+        cache.valid[:, at] = True
+        cache.pos = cache.pos + 1
+        dtype = cache.keys[0].dtype
+        cos, sin = self._cos_sin(cache.pos, dtype)
         table = self.lm.get_input_embeddings()
-        finished = torch.zeros(b, dtype=torch.bool, device=device)
-        pos = positions[:, -1:]
+        # Without padding a new token sees every column written so far: no mask (SDPA's fastest path).
+        h = self._layers(table(tokens)[:, None].to(dtype), cos, sin, cache.keys, cache.values, at,
+                         cache.valid[:, None, None, :at + 1] if cache.padded else None)
+        return h[:, -1]
+
+    @torch.no_grad()
+    def greedy(self, embeds: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
+               eos_token_id: int | None, pad_token_id: int | None, suppress: Sequence[int] = ()) -> torch.Tensor:
+        """Left-padded prompt embeddings ``B×T×hidden`` and their mask ``B×T`` → new tokens ``B×N`` (N ≤
+        ``max_new_tokens``; after a row's EOS its tokens are ``pad_token_id``; the loop ends when every row
+        has ended), as ``generate(inputs_embeds=…)`` greedy returns them."""
+        b = embeds.shape[0]
+        if max_new_tokens <= 0:
+            return torch.zeros(b, 0, dtype=torch.long, device=embeds.device)
+        cache = self._prefill(embeds, attention_mask, max_new_tokens)
+        nxt = self._next(cache.last, suppress)
+        finished = torch.zeros(b, dtype=torch.bool, device=embeds.device)
         out = []
         for step in range(max_new_tokens):
             if pad_token_id is not None:
@@ -151,12 +200,85 @@ class LeanDecoder:
                 finished |= nxt == eos_token_id
             if bool(finished.all()) or step == max_new_tokens - 1:
                 break
-            at = t + step
-            valid[:, at] = True
-            pos = pos + 1
-            cos, sin = self._cos_sin(pos, dtype)
-            # Without padding a new token sees every column written so far: no mask (SDPA's fastest path).
-            h = self._layers(table(nxt)[:, None].to(dtype), cos, sin, keys, values, at,
-                             valid[:, None, None, :at + 1] if padded else None)
-            nxt = self._next(h[:, -1], suppress)
+            nxt = self._next(self._step(cache, nxt, step), suppress)
         return torch.stack(out, dim=1)
+
+    def _log_probs(self, h_last: torch.Tensor, suppress: Sequence[int]) -> torch.Tensor:
+        """Next-token log-probabilities ``B×V`` (fp32) of the last hidden states ``B×hidden``; ``suppress``: -inf,
+        after the softmax, as ``generate``'s processor sets them."""
+        logits = self.lm.lm_head(_rms_norm(h_last, self.lm.model.norm)).float()
+        logp = F.log_softmax(logits, dim=-1)
+        if suppress:
+            logp[:, list(suppress)] = float("-inf")
+        return logp
+
+    @torch.no_grad()
+    def beam(self, embeds: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, num_beams: int,
+             eos_token_id: int | None, pad_token_id: int | None, suppress: Sequence[int] = (),
+             length_penalty: float = 1.0) -> torch.Tensor:
+        """Beam search over left-padded prompt embeddings ``B×T×hidden`` (mask ``B×T``) → each row's best
+        sequence of new tokens ``B×N``, as ``generate(inputs_embeds=…, num_beams=k)`` returns it (its defaults:
+        ``early_stopping=False``, a finished beam scored by its summed log-probability over its length **
+        ``length_penalty``; shorter rows filled after their end).
+
+        The bookkeeping follows transformers' vectorised ``_beam_search`` step for step (keep the top 2k of the
+        k·V continuations, the best k unfinished go on, the top-k that end join the finished, stop when no
+        running beam can beat the worst finished); what differs is the model call: the prompt runs once per row
+        rather than once per beam, and the static cache is reordered in place.
+        """
+        b = embeds.shape[0]
+        k = num_beams
+        device = embeds.device
+        if max_new_tokens <= 0:
+            return torch.zeros(b, 0, dtype=torch.long, device=device)
+        n = max_new_tokens
+        cache = self._prefill(embeds, attention_mask, n)
+        cache.repeat(k)
+        h_last = cache.last
+        fill = (pad_token_id if pad_token_id else eos_token_id) if eos_token_id is not None else -1
+        keep = 2 * k  # max(2, 1 + number of EOS ids) beams per kept beam: one EOS id at most here
+        top_mask = torch.arange(keep, device=device) < k  # only these may join the finished
+        running = torch.full((b, k, n), fill, dtype=torch.long, device=device)
+        done = running.clone()
+        run_scores = torch.zeros(b, k, device=device)
+        run_scores[:, 1:] = -1e9  # every beam starts as the same prompt: expand from the first only
+        done_scores = torch.full((b, k), -1e9, device=device)
+        done_flag = torch.zeros(b, k, dtype=torch.bool, device=device)
+        done_len = torch.zeros(b, k, dtype=torch.long, device=device)
+        improvable = torch.ones(b, 1, dtype=torch.bool, device=device)
+        offsets = torch.arange(b, device=device)[:, None] * k
+        for step in range(n):
+            logp = self._log_probs(h_last, suppress)
+            vocab = logp.shape[-1]
+            acc = (logp.view(b, k, vocab) + run_scores[:, :, None]).view(b, -1)
+            top_lp, top_idx = torch.topk(acc, keep)
+            src, tok = top_idx // vocab, top_idx % vocab
+            top_seqs = running.gather(1, src[:, :, None].expand(-1, -1, n)).clone()
+            top_seqs[:, :, step] = tok
+            hits = tok == eos_token_id if eos_token_id is not None else torch.zeros_like(tok, dtype=torch.bool)
+            if step + 1 >= n:
+                hits = torch.ones_like(hits)
+            # The best k that did not end go on.
+            run_lp = top_lp + hits.float() * -1e9
+            nxt = torch.topk(run_lp, k)[1]
+            running = top_seqs.gather(1, nxt[:, :, None].expand(-1, -1, n))
+            run_scores, beam_src, beam_tok = run_lp.gather(1, nxt), src.gather(1, nxt), tok.gather(1, nxt)
+            # Those of the top k that ended join the finished if they beat the worst kept.
+            ended = hits & top_mask[None]
+            fin_lp = top_lp / ((step + 1) ** length_penalty)
+            fin_lp = fin_lp + (~improvable).float() * -1e9
+            fin_lp = fin_lp + (~ended) * -1e9
+            merged_scores = torch.cat((done_scores, fin_lp), dim=1)
+            sel = torch.topk(merged_scores, k)[1]
+            done = torch.cat((done, top_seqs), dim=1).gather(1, sel[:, :, None].expand(-1, -1, n))
+            done_scores = merged_scores.gather(1, sel)
+            done_flag = torch.cat((done_flag, ended), dim=1).gather(1, sel)
+            done_len = torch.cat((done_len, torch.full_like(tok, step + 1)), dim=1).gather(1, sel)
+            best_possible = run_scores[:, :1] / ((step + 1) ** length_penalty)
+            worst_done = torch.where(done_flag, done_scores.min(dim=1, keepdim=True)[0], -1.0e9)
+            improvable = improvable & (best_possible > worst_done).any(dim=-1, keepdim=True)
+            if not bool(improvable.any()) or bool(hits.all()):
+                break
+            cache.select((beam_src + offsets).view(-1), cache.prompt_len + step)
+            h_last = self._step(cache, beam_tok.view(-1), step)
+        return done[:, 0, :int(done_len[:, 0].max())]

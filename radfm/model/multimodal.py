@@ -215,13 +215,22 @@ class RadFMModel(nn.Module):
         use_cache: bool = True,
         image_features: torch.Tensor | None = None,
         lean: bool = True,
+        num_beams: int = 1,
+        length_penalty: float = 1.0,
     ) -> torch.Tensor:
         """Left-padded prompts ``B×T`` → new tokens ``B×T_new`` (padded with ``pad_token_id`` after EOS).
 
         Greedy by default: with ``lean`` (and a plain LLaMA LM) through :class:`radfm.model.decode.LeanDecoder`'s
         static KV cache, the same tokens as ``transformers``' ``generate(inputs_embeds=…)``, which runs otherwise
-        (``lean=False``, sampling with ``do_sample``). ``image_features``: see :meth:`embed`.
+        (``lean=False``, sampling with ``do_sample``). ``num_beams`` > 1: beam search, lean too
+        (:meth:`radfm.model.decode.LeanDecoder.beam`, ``generate``'s beams and its ``length_penalty``).
+        ``image_features``: see :meth:`embed`.
         """
+        if num_beams < 1:
+            raise ValueError(f"num_beams must be at least 1, got {num_beams}")
+        if num_beams > 1 and (do_sample or not use_cache):
+            raise ValueError("beam search is deterministic and uses the KV cache: num_beams > 1 needs "
+                             "do_sample=False and use_cache=True")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if attention_mask.shape[0] > 1 and bool((attention_mask[:, -1] == 0).any()):
@@ -235,9 +244,14 @@ class RadFMModel(nn.Module):
                                               pad_token_id if pad_token_id is not None else eos_token_id)
         pad = pad_token_id if pad_token_id is not None else eos_token_id
         if lean and not do_sample and supports_lean(self.lm):
-            return LeanDecoder(self.lm).greedy(embeds, attention_mask, max_new_tokens, eos_token_id, pad,
-                                               self.suppress_ids)
+            decoder = LeanDecoder(self.lm)
+            if num_beams > 1:
+                return decoder.beam(embeds, attention_mask, max_new_tokens, num_beams, eos_token_id, pad,
+                                    self.suppress_ids, length_penalty)
+            return decoder.greedy(embeds, attention_mask, max_new_tokens, eos_token_id, pad, self.suppress_ids)
         kwargs = {"do_sample": do_sample}
+        if num_beams > 1:
+            kwargs.update(num_beams=num_beams, length_penalty=length_penalty)
         if do_sample:
             kwargs.update(temperature=temperature, top_k=top_k or 0, top_p=top_p if top_p is not None else 1.0)
         else:

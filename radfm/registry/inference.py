@@ -20,13 +20,15 @@ from radfm.registry.limits import (
     PredictInputError,
     check_image_count,
     check_max_new_tokens,
+    check_num_beams,
     max_images,
     probe,
 )
 
 # The errors and limits of a request are importable from here too: this is the module users call.
 __all__ = ["DEFAULT_MAX_IMAGES", "MAX_IMAGES_ENV", "ContextLimit", "InputLimitError", "PredictInputError",
-           "check_image_count", "check_images", "check_inputs", "check_max_new_tokens", "load", "max_images",
+           "check_image_count", "check_images", "check_inputs", "check_max_new_tokens", "check_num_beams", "load",
+           "max_images",
            "predict", "probe"]
 
 
@@ -81,8 +83,9 @@ def load(model_uri: str, tracking_uri: str | None = None) -> Any:
 
 
 def predict(model_uri: str, prompt: str, images: Sequence[str | Path] = (), max_new_tokens: int = 64,
-            tracking_uri: str | None = None, model: Any = None) -> str:
-    """The model's answer to ``prompt`` with ``images`` placed before it (greedy decoding).
+            tracking_uri: str | None = None, model: Any = None, num_beams: int = 1) -> str:
+    """The model's answer to ``prompt`` with ``images`` placed before it (greedy decoding, or beam search over
+    ``num_beams``).
 
     Raises :class:`PredictInputError` (:class:`InputLimitError` for a limit) naming the input and what to do:
     the image count and headers before the model is loaded, the context before any model work.
@@ -91,10 +94,11 @@ def predict(model_uri: str, prompt: str, images: Sequence[str | Path] = (), max_
     from mlflow.exceptions import MlflowException
 
     paths = check_inputs(prompt, images, max_new_tokens)
+    check_num_beams(num_beams)
     model = model or load(model_uri, tracking_uri)
     frame = pd.DataFrame({"prompt": [prompt], "images": [paths]})
     try:
-        out = model.predict(frame, params={"max_new_tokens": int(max_new_tokens)})
+        out = model.predict(frame, params={"max_new_tokens": int(max_new_tokens), "num_beams": int(num_beams)})
     except SampleError as exc:
         raise PredictInputError(str(exc)) from None
     except MlflowException as exc:

@@ -87,6 +87,22 @@ def check_image_count(n_images: int, where: str = "the request") -> None:
                               f"(or raise {MAX_IMAGES_ENV} where the model runs)")
 
 
+MAX_BEAMS = 8  # each beam holds its own KV cache: a request cannot multiply the server's memory further
+
+
+def check_num_beams(value: Any, where: str = "the request") -> int:
+    """``num_beams`` as an int from 1 (greedy) to :data:`MAX_BEAMS`."""
+    try:
+        beams = int(value)
+        if beams != value and not isinstance(value, str):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise InputLimitError(f"{where}: num_beams must be a whole number, got {value!r}") from None
+    if not 1 <= beams <= MAX_BEAMS:
+        raise InputLimitError(f"{where}: num_beams must be from 1 (greedy) to {MAX_BEAMS}, got {beams}")
+    return beams
+
+
 def check_max_new_tokens(value: Any, where: str = "the request", context: int | None = None) -> int:
     """``max_new_tokens`` as an int ≥ 1 (and below ``context`` when known)."""
     try:

@@ -62,7 +62,8 @@ def signature() -> Any:
 
     Inputs: ``prompt`` (string, required): the question or instruction; ``images`` (array of strings, required,
     may be empty): each a base64 ``data:`` URI, an ``s3://`` URI or a path on the server
-    (:mod:`radfm.registry.request_images`). Param ``max_new_tokens`` (long, default 64). Output: ``answer``
+    (:mod:`radfm.registry.request_images`). Param ``max_new_tokens`` (long, default 64); ``num_beams``
+    (long, default 1: greedy; up to 8 for beam search). Output: ``answer``
     (string), one per row.
     """
     from mlflow.models import ModelSignature
@@ -71,7 +72,8 @@ def signature() -> Any:
 
     inputs = Schema([ColSpec(DataType.string, "prompt"), ColSpec(Array(DataType.string), "images")])
     outputs = Schema([ColSpec(DataType.string, "answer")])
-    params = ParamSchema([ParamSpec("max_new_tokens", DataType.long, DEFAULT_MAX_NEW_TOKENS)])
+    params = ParamSchema([ParamSpec("max_new_tokens", DataType.long, DEFAULT_MAX_NEW_TOKENS),
+                          ParamSpec("num_beams", DataType.long, 1)])
     return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 
 

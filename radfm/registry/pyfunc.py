@@ -30,8 +30,9 @@ TAG_PREFIX = "radbench."
 
 
 class RadFMPyfunc(mlflow.pyfunc.PythonModel):
-    """``predict(DataFrame[prompt: str, images: list[str | array]], params={max_new_tokens})`` → ``list[str]``.
-    Every image of a row is placed at the start of its prompt; decoding is greedy.
+    """``predict(DataFrame[prompt: str, images: list[str | array]], params={max_new_tokens, num_beams})`` →
+    ``list[str]``. Every image of a row is placed at the start of its prompt; decoding is greedy, or beam search
+    with ``num_beams`` > 1.
 
     An image is a base64 ``data:`` URI (PNG, JPEG, NIfTI, DICOM), an ``s3://`` URI, a path on the server, or (from
     Python) an array: :mod:`radfm.registry.request_images`. Every row is checked before any is answered
@@ -72,6 +73,7 @@ class RadFMPyfunc(mlflow.pyfunc.PythonModel):
             PredictInputError,
             check_image_count,
             check_max_new_tokens,
+            check_num_beams,
         )
         from radfm.registry.request_images import check_sizes, image_items, materialise
 
@@ -79,6 +81,8 @@ class RadFMPyfunc(mlflow.pyfunc.PythonModel):
         self._limit = limit
         default_tokens = params.get("max_new_tokens")
         default_tokens = DEFAULT_MAX_NEW_TOKENS if default_tokens is None else default_tokens
+        beams = params.get("num_beams")
+        beams = check_num_beams(1 if beams is None else beams, "params")
         tcfg = checkpoint_transform(getattr(self, "checkpoint_dir", ""), self.model.cfg.vision.image_size)
         rows = []
         for row_no, row in enumerate(df.to_dict("records")):  # every row checked before any image is decoded
@@ -113,7 +117,7 @@ class RadFMPyfunc(mlflow.pyfunc.PythonModel):
                 with torch.no_grad():
                     new = self.model.generate(batch["input_ids"], batch["attention_mask"], pixels or None,
                                               max_new_tokens=tokens, eos_token_id=self.tokenizer.eos_id,
-                                              pad_token_id=self.tokenizer.pad_id)
+                                              pad_token_id=self.tokenizer.pad_id, num_beams=beams)
                 answers.append(self.tokenizer.decode(new[0].tolist()))
         return answers
 

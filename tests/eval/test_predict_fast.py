@@ -95,11 +95,12 @@ def test_candidate_scores_match_the_per_row_encoding(setup, monkeypatch, ablate,
             assert list(p.probs.values()) == pytest.approx(torch.softmax(logits, 0).tolist(), abs=1e-5)
 
 
-@pytest.mark.parametrize("ablate", [False, True])
-def test_open_answers_match_generation_from_images(setup, ablate):
+@pytest.mark.parametrize(("ablate", "beams"), [(False, 1), (True, 1), (False, 3)])
+def test_open_answers_match_generation_from_images(setup, ablate, beams):
+    """Greedy, and beam search checked against transformers' own (``lean=False``) from the images."""
     model, tok, samples, ds = setup
     open_ = [s for s in samples if not s.choices]
-    preds = predict(model, tok, open_, ds, batch_size=8, max_new_tokens=6, ablate=ablate)
+    preds = predict(model, tok, open_, ds, batch_size=8, max_new_tokens=6, ablate=ablate, num_beams=beams)
     encs = [tok.format_prompt(s.question, None, [r.position for r in s.images]) for s in open_]
     images = []
     for s, enc in zip(open_, encs):
@@ -107,7 +108,7 @@ def test_open_answers_match_generation_from_images(setup, ablate):
         images += [torch.zeros_like(x) for x in imgs] if ablate else imgs
     batch = tok.pad(encs, side="left")
     new = model.generate(batch["input_ids"], batch["attention_mask"], images, max_new_tokens=6,
-                         eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
+                         eos_token_id=tok.eos_id, pad_token_id=tok.pad_id, num_beams=beams, lean=beams == 1)
     assert [p.text for p in preds] == [tok.decode(row) for row in new.tolist()]
 
 

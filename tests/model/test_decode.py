@@ -1,4 +1,5 @@
-"""The lean greedy decoder (radfm.model.decode): the same tokens as transformers' generate, from the same weights."""
+"""The lean decoder (radfm.model.decode), greedy and beam: the same tokens as transformers' generate, from the same
+weights."""
 
 from __future__ import annotations
 
@@ -18,10 +19,10 @@ def _lm(kv_heads: int, seed: int = 0) -> LlamaForCausalLM:
     return LlamaForCausalLM(cfg).eval()
 
 
-def _reference(lm, embeds, mask, n, eos, pad, suppress):
+def _reference(lm, embeds, mask, n, eos, pad, suppress, **beam):
     return lm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=n, eos_token_id=eos,
                        pad_token_id=pad, do_sample=False, suppress_tokens=list(suppress) or None,
-                       temperature=None, top_k=None, top_p=None)
+                       temperature=None, top_k=None, top_p=None, **beam)
 
 
 @pytest.mark.parametrize("kv_heads", [4, 2])
@@ -65,9 +66,55 @@ def test_the_model_decodes_lean_by_default_and_the_same_as_before(tiny_model, ti
     assert torch.equal(lean, hf)
 
 
+def test_the_model_searches_beams_lean_and_the_same_as_generate(tiny_model, tiny_tokenizer):
+    tok = tiny_tokenizer
+    encs = [tok.format_prompt(q, None, [0]) for q in ("Is there a nodule?", "Describe the findings in detail.")]
+    b = tok.pad(encs, side="left")
+    images = torch.randn(2, 3, 32, 32, 8)
+    kw = dict(max_new_tokens=12, eos_token_id=tok.eos_id, pad_token_id=tok.eos_id, num_beams=3)
+    tiny_model.eval()
+    lean = tiny_model.generate(b["input_ids"], b["attention_mask"], images, **kw)
+    hf = tiny_model.generate(b["input_ids"], b["attention_mask"], images, lean=False, **kw)
+    assert torch.equal(lean, hf)
+    with pytest.raises(ValueError, match="num_beams > 1 needs do_sample=False"):
+        tiny_model.generate(b["input_ids"], b["attention_mask"], images, do_sample=True, **kw)
+
+
 def test_an_lm_it_does_not_read_is_refused():
     from torch import nn
 
     assert not supports(nn.Linear(2, 2))
     with pytest.raises(ValueError, match="LlamaForCausalLM"):
         LeanDecoder(nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize(("kv_heads", "beams", "length_penalty"), [(4, 3, 1.0), (2, 2, 0.5), (2, 4, 1.0)])
+def test_beam_search_gives_generates_beams_on_a_left_padded_batch(kv_heads, beams, length_penalty):
+    lm = _lm(kv_heads)
+    for seed in range(3):
+        g = torch.Generator().manual_seed(seed)
+        ids = torch.randint(3, 400, (4, 15), generator=g)
+        mask = torch.ones_like(ids)
+        mask[1, :5], mask[2, :11], mask[3, :1] = 0, 0, 0
+        embeds = lm.get_input_embeddings()(ids).detach()
+        free = LeanDecoder(lm).greedy(embeds, mask, 12, None, 0)
+        for eos in (None, int(free[0, 3])):  # no end, and a token row 0 says early
+            ref = _reference(lm, embeds, mask, 12, eos, 0, [7, 9], num_beams=beams, length_penalty=length_penalty)
+            got = LeanDecoder(lm).beam(embeds, mask, 12, beams, eos, 0, [7, 9], length_penalty)
+            assert got.shape == ref.shape and torch.equal(got, ref), (seed, eos)
+
+
+def test_beam_search_stops_when_no_running_beam_can_win_and_crops_like_generate():
+    lm = _lm(4, seed=1)
+    with torch.no_grad():  # make EOS (id 2) likely, so that beams end early at different lengths
+        lm.lm_head.weight[2] += 0.5 * lm.model.norm.weight
+    lengths = set()
+    for seed in range(6):
+        ids = torch.randint(3, 400, (2, 6), generator=torch.Generator().manual_seed(seed))
+        embeds, mask = lm.get_input_embeddings()(ids).detach(), torch.ones(2, 6, dtype=torch.long)
+        for beams in (2, 3):
+            ref = _reference(lm, embeds, mask, 20, 2, 0, [], num_beams=beams)
+            got = LeanDecoder(lm).beam(embeds, mask, 20, beams, 2, 0)
+            assert got.shape == ref.shape and torch.equal(got, ref), (seed, beams)
+            lengths.add(got.shape[1])
+    assert min(lengths) < 20 and len(lengths) > 2, lengths  # the loop did stop early, at several lengths

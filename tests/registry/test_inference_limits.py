@@ -163,6 +163,22 @@ def test_served_model_refuses_max_new_tokens_beyond_the_context(served: Any, sca
                            f"prompt counts too): ask for at most {CONTEXT - 1}")
 
 
+def test_served_model_searches_beams_and_refuses_a_count_out_of_range(served: Any, scans: list[Path]) -> None:
+    """``num_beams`` (a param of the signature) picks beam search; 0 or more than 8 is refused in one line, and
+    from the Python API before any model is loaded."""
+    frame = pd.DataFrame({"prompt": ["Is there a nodule?"], "images": [[str(scans[0])]]})
+    assert [p.name for p in served.metadata.get_params_schema().params] == ["max_new_tokens", "num_beams"]
+    greedy = served.predict(frame, params={"max_new_tokens": 4})
+    assert served.predict(frame, params={"max_new_tokens": 4, "num_beams": 1}) == greedy
+    beams = served.predict(frame, params={"max_new_tokens": 4, "num_beams": 3})
+    assert len(beams) == 1 and isinstance(beams[0], str)
+    for bad in (0, 9):
+        err = served_predict(served, frame, max_new_tokens=4, num_beams=bad)
+        assert err.message.endswith(f"params: num_beams must be from 1 (greedy) to 8, got {bad}"), err.message
+    with pytest.raises(InputLimitError, match="^the request: num_beams must be from 1 .greedy. to 8, got 12$"):
+        predict(NOWHERE, "Is there a nodule?", [str(scans[0])], max_new_tokens=4, num_beams=12)
+
+
 def test_scoring_server_answers_a_refusal_with_400(served: Any, scans: list[Path]) -> None:
     """The app ``mlflow models serve`` runs, called in-process: a refused request is a 400 whose body names the
     row and the limit, and the next request is answered."""
