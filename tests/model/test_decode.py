@@ -80,6 +80,24 @@ def test_the_model_searches_beams_lean_and_the_same_as_generate(tiny_model, tiny
         tiny_model.generate(b["input_ids"], b["attention_mask"], images, do_sample=True, **kw)
 
 
+def test_the_packed_lm_head_follows_its_weight_and_gives_generates_tokens():
+    """At more than one row the head goes through MKL's packed GEMM, a copy kept on the module; an in-place
+    change of the weight (a training step) is seen, never a stale copy."""
+    lm = _lm(4, seed=2)
+    ids = torch.randint(3, 400, (3, 9), generator=torch.Generator().manual_seed(7))
+    embeds, mask = lm.get_input_embeddings()(ids).detach(), torch.ones(3, 9, dtype=torch.long)
+    got = LeanDecoder(lm).greedy(embeds, mask, 10, None, 0)
+    if torch.backends.mkl.is_available():
+        assert lm.lm_head._radfm_packed[0][-1] == 3  # packed for 3 rows
+    assert torch.equal(got, _reference(lm, embeds, mask, 10, None, 0, []))
+    assert torch.equal(LeanDecoder(lm, pack=False).greedy(embeds, mask, 10, None, 0), got)
+    with torch.no_grad():
+        lm.lm_head.weight.mul_(-1.0)  # in place: the same storage, a new version; the argmax changes
+    flipped = LeanDecoder(lm).greedy(embeds, mask, 10, None, 0)
+    assert torch.equal(flipped, _reference(lm, embeds, mask, 10, None, 0, []))
+    assert not torch.equal(flipped, got)
+
+
 def test_an_lm_it_does_not_read_is_refused():
     from torch import nn
 
