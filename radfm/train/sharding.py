@@ -9,7 +9,8 @@ at a time for its forward and backward. The plan (``trainer.ray.shard``, :class:
   the root unit, and each objective with weights (a head) is its own root.
 - ``activation_checkpointing`` — each unit's forward is recomputed in the backward instead of keeping its
   activations (the forward is wrapped, not the module: the parameter names, and so the checkpoints, stay
-  those of the unsharded model).
+  those of the unsharded model). A model built with ``gradient_checkpointing`` checkpoints this way too, even
+  with this off: its own checkpointing would wrap FSDP's hooks.
 - ``param_dtype`` / ``reduce_dtype`` — mixed precision: weights gathered and computed in ``bfloat16``,
   gradients reduced in ``float32``; the sharded master weights and AdamW states stay ``float32``.
 
@@ -106,13 +107,17 @@ def _checkpoint_forward(module: nn.Module) -> None:
     module.forward = checkpointed  # type: ignore[method-assign]
 
 
-def _without_builtin_checkpointing(model: nn.Module) -> None:
-    """The model's own checkpointing (``model.gradient_checkpointing``) wraps ``__call__`` and so FSDP's hooks;
-    the plan's replaces it."""
+def _without_builtin_checkpointing(model: nn.Module) -> bool:
+    """Switch the model's own checkpointing (``model.gradient_checkpointing``) off: it wraps ``__call__`` and so
+    FSDP's hooks, which would run again inside the recomputation. Whether it was on (the plan's then takes its
+    place)."""
+    was_on = bool(model.vision.encoder.gradient_checkpointing)
     model.vision.encoder.gradient_checkpointing = False
     lm = model.lm.get_base_model() if hasattr(model.lm, "get_base_model") else model.lm
     if getattr(lm, "is_gradient_checkpointing", False) and hasattr(lm, "gradient_checkpointing_disable"):
         lm.gradient_checkpointing_disable()
+        was_on = True
+    return was_on
 
 
 def broadcast_from_rank0(module: nn.Module, group: Any = None, device_type: str = "cpu") -> None:
@@ -144,10 +149,10 @@ def shard_module(lit: nn.Module, mesh: Any, plan: ShardPlan) -> None:
     broadcast_from_rank0(lit, mesh.get_group(), mesh.device_type)
     kwargs = {"mesh": mesh, "mp_policy": plan.mixed_precision()}
     units = shard_units(model, plan.policy)
-    if plan.activation_checkpointing:
-        _without_builtin_checkpointing(model)
+    # A model built to checkpoint (base's preset) keeps checkpointing, per unit, with FSDP's hooks outside it.
+    checkpoint = _without_builtin_checkpointing(model) or plan.activation_checkpointing
     for unit in units:
-        if plan.activation_checkpointing:
+        if checkpoint:
             _checkpoint_forward(unit)
         fully_shard(unit, reshard_after_forward=plan.reshard_after_forward, **kwargs)
     # The root keeps its gathered weights from the forward to the backward (the default for a root).

@@ -25,8 +25,9 @@ STEPS = 5
 TEXTS = ["Is there a nodule?", "Yes, a left nodule.", "No.", "Which modality is this?", "CT of the chest."]
 
 
-def _lit(lora: bool = False) -> RadFMLitModule:
+def _lit(lora: bool = False, builtin_checkpointing: bool = False) -> RadFMLitModule:
     cfg = presets.tiny()
+    cfg.gradient_checkpointing = builtin_checkpointing  # the model's own (base's preset turns it on)
     tokenizer = factory.build_tokenizer(cfg, texts=TEXTS * 4)
     return RadFMLitModule(cfg, tokenizer, [AnswerLoss()], seed=0, freeze="lm" if lora else "none",
                           lora={"r": 4, "alpha": 8, "dropout": 0.0} if lora else None)
@@ -57,7 +58,7 @@ def _train(lit: RadFMLitModule, batch: dict) -> list[float]:
     return losses
 
 
-def _worker(rank: int, world: int, port: int, out: str, plan: dict, lora: bool) -> None:
+def _worker(rank: int, world: int, port: int, out: str, plan: dict, lora: bool, builtin: bool) -> None:
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
@@ -67,7 +68,7 @@ def _worker(rank: int, world: int, port: int, out: str, plan: dict, lora: bool) 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        lit = _lit(lora)
+        lit = _lit(lora, builtin)
         batch = _batch(lit)
         if rank == 1:  # a rank that drifted (e.g. its own warm-up) is brought back to rank 0's weights
             with torch.no_grad():
@@ -76,7 +77,9 @@ def _worker(rank: int, world: int, port: int, out: str, plan: dict, lora: bool) 
         held, total = local_numel(lit)
         losses = _train(lit, batch)
         state = full_state_dict(lit.model)
-        result = {"losses": losses, "held": held, "total": total}
+        result = {"losses": losses, "held": held, "total": total,
+                  "builtin_left_on": lit.model.vision.encoder.gradient_checkpointing
+                  or bool(getattr(lit.model.lm, "is_gradient_checkpointing", False))}
         if rank == 0:
             torch.save(state, Path(out) / "state.pt")
         (Path(out) / f"rank{rank}.json").write_text(json.dumps(result))
@@ -90,9 +93,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _sharded_run(tmp_path: Path, plan: dict, lora: bool = False) -> tuple[list[dict], dict]:
+def _sharded_run(tmp_path: Path, plan: dict, lora: bool = False, builtin: bool = False) -> tuple[list[dict], dict]:
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), plan, lora), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), plan, lora, builtin), nprocs=2, join=True)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     return ranks, torch.load(tmp_path / "state.pt")
 
@@ -130,6 +133,18 @@ def test_fp32_shards_train_as_one_process_and_export_the_same_weights(tmp_path, 
     assert set(state) == set(weights)
     worst = max(float((state[k] - weights[k]).abs().max()) for k in weights)
     assert worst < 1e-4, worst
+
+
+def test_the_models_own_checkpointing_gives_way_to_the_plans(tmp_path, single):
+    """A model built with ``gradient_checkpointing`` (base's preset) and a plan without activation
+    checkpointing: the model's own, which would wrap FSDP's hooks, is switched off and the plan's per-unit
+    checkpointing takes its place, so memory stays as asked and the losses are one process's."""
+    ranks, _ = _sharded_run(tmp_path, {"param_dtype": None, "reduce_dtype": None,
+                                       "activation_checkpointing": False}, builtin=True)
+    losses, _ = single
+    for r in ranks:
+        assert not r["builtin_left_on"]
+        assert r["losses"] == pytest.approx(losses, rel=1e-4, abs=1e-5)
 
 
 def test_bf16_mixed_precision_follows_the_fp32_losses(tmp_path, single):
