@@ -108,8 +108,12 @@ def build_stages(cfg: DictConfig) -> list[Any]:
 
 
 def build_module(cfg: DictConfig, model_cfg: RadFMConfig, tokenizer: RadFMTokenizer,
-                 objectives: list[Objective] | None = None, data_cfg: DataConfig | None = None) -> RadFMLitModule:
-    """The LightningModule as the composed config says (``objectives`` default: ``cfg.objective``'s)."""
+                 objectives: list[Objective] | None = None, data_cfg: DataConfig | None = None,
+                 lazy: bool = False) -> RadFMLitModule:
+    """The LightningModule as the composed config says (``objectives`` default: ``cfg.objective``'s).
+
+    ``lazy``: the model's parameters on the meta device, ``init_from`` not read (a sharded run's rank > 0,
+    which gets rank 0's weights after sharding: radfm.train.lazy_init)."""
     objectives = build_objectives(cfg) if objectives is None else objectives
     names = None
     if any(o.needs_label_names for o in objectives):
@@ -117,13 +121,22 @@ def build_module(cfg: DictConfig, model_cfg: RadFMConfig, tokenizer: RadFMTokeni
         names = train_label_names(data_cfg.manifest, data_cfg.label_source)
     lr_scale = cfg.optim.get("lr_scale")
     model = None
-    if cfg.get("init_from"):
+    if lazy:
+        from radfm.model import factory
+        from radfm.train.lazy_init import params_on_meta
+
+        with params_on_meta():
+            model = factory.build_model(model_cfg, tokenizer)
+    elif cfg.get("init_from"):
         torch.manual_seed(cfg.seed)  # the same draws for what the saved model does not hold (objective heads)
         model = initial_model(cfg.init_from, model_cfg, tokenizer)
-    return RadFMLitModule(model_cfg, tokenizer, objectives, model=model, optimizer=instantiate(cfg.optim.optimizer),
-                          scheduler=instantiate(cfg.optim.scheduler), freeze=cfg.freeze,
-                          lora=OmegaConf.to_container(cfg.lora) if cfg.lora else None, seed=cfg.seed,
-                          lr_scale=OmegaConf.to_container(lr_scale) if lr_scale else None, label_names=names)
+    module = RadFMLitModule(model_cfg, tokenizer, objectives, model=model,
+                            optimizer=instantiate(cfg.optim.optimizer), scheduler=instantiate(cfg.optim.scheduler),
+                            freeze=cfg.freeze, lora=OmegaConf.to_container(cfg.lora) if cfg.lora else None,
+                            seed=cfg.seed, lr_scale=OmegaConf.to_container(lr_scale) if lr_scale else None,
+                            label_names=names)
+    module.built_lazily = lazy
+    return module
 
 
 @dataclass
@@ -138,9 +151,12 @@ class Run:
 
 
 def build_run(cfg: DictConfig, tokenizer: RadFMTokenizer, quarantine_path: Path | None = None,
-              setup: bool = True) -> Run:
+              setup: bool = True, lazy: bool = False) -> Run:
     """Data config, datamodule (set up: every sample checked once), module and stages; a config that cannot
-    run (a stage with nothing to train, a wrong objective) fails here, before a trainer starts."""
+    run (a stage with nothing to train, a wrong objective) fails here, before a trainer starts.
+
+    ``lazy``: build the model without weights (:func:`build_module`), unless a stage trains it before the
+    fit shards it (a vision warm-up with steps runs in the fit's setup, on every rank's own weights)."""
     model_cfg = build_model_config(cfg)
     data_cfg = build_data_config(cfg)
     stages = build_stages(cfg)
@@ -148,7 +164,10 @@ def build_run(cfg: DictConfig, tokenizer: RadFMTokenizer, quarantine_path: Path 
                          quarantine_path=quarantine_path)
     if setup:
         dm.setup()
-    module = build_module(cfg, model_cfg, tokenizer, data_cfg=data_cfg)
+    if lazy and any(getattr(stage, "steps", 0) for stage in stages):
+        log.info("building the whole model on this rank: a stage trains it before sharding")
+        lazy = False
+    module = build_module(cfg, model_cfg, tokenizer, data_cfg=data_cfg, lazy=lazy)
     for stage in stages:
         if hasattr(stage, "check"):
             stage.check(module)

@@ -258,22 +258,23 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
     tokenizer = RadFMTokenizer.load(run_dir / "tokenizer", model_cfg.num_image_tokens)
     # Each rank warms up (a stage, in the fit's setup) on its own shard; DDP then broadcasts rank 0's weights
     # when it wraps the module.
-    run = builder.build_run(cfg, tokenizer, setup=False)
+    rcfg = cfg.trainer.ray
+    kwargs = {k: v for k, v in builder.build_trainer_kwargs(cfg).items()
+              if k not in ("accelerator", "devices", "strategy")}
+    sharded = _sharded(rcfg, kwargs)
+    plan = ShardPlan.from_dict(_plain(rcfg.get("shard"))) if sharded else None
+    run = builder.build_run(cfg, tokenizer, setup=False, lazy=plan is not None and plan.lazy_init and rank != 0)
     logger: Any = False
     if rank == 0 and config.get("run_id"):
         from lightning.pytorch.loggers import MLFlowLogger
 
         logger = MLFlowLogger(tracking_uri=config["tracking_uri"], run_id=config["run_id"], log_model=False)
 
-    rcfg = cfg.trainer.ray
-    kwargs = {k: v for k, v in builder.build_trainer_kwargs(cfg).items()
-              if k not in ("accelerator", "devices", "strategy")}
     report = _report_callback(int(rcfg.checkpoint_every_n_steps), run_dir, tokenizer,
                               {"data_version": config.get("data_version", "unknown"),
                                "transform": builder.transform_record(run.data_cfg)})
-    sharded = _sharded(rcfg, kwargs)
     if sharded:
-        run.module.shard_plan = ShardPlan.from_dict(_plain(rcfg.get("shard")))
+        run.module.shard_plan = plan
     trainer = L.Trainer(**kwargs, accelerator="gpu" if rcfg.use_gpu else "cpu", devices="auto",
                         strategy=_strategy(rcfg), plugins=[RayLightningEnvironment()],
                         use_distributed_sampler=False,  # ModalityBatchSampler shards by rank itself
@@ -341,7 +342,8 @@ def _report_callback(every: int, run_dir: Path, tokenizer: Any, extra: dict[str,
             line = {"rank": trainer.global_rank, "pid": os.getpid(),
                     "resumed_from_step": trainer.global_step, "world_size": ctx.get_world_size(),
                     "torch_threads": torch.get_num_threads(), "time": time.time(),
-                    "params_held": held, "params_total": total}
+                    "params_held": held, "params_total": total,
+                    "built_lazily": bool(getattr(pl_module, "built_lazily", False))}
             with open(run_dir / STARTS, "a") as f:
                 f.write(json.dumps(line) + "\n")
             self.last_reported = trainer.global_step

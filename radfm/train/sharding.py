@@ -47,6 +47,10 @@ class ShardPlan:
     param_dtype: str | None = "bfloat16"
     reduce_dtype: str | None = "float32"
     reshard_after_forward: bool = True
+    # Ranks other than 0 build the model with no weights and get their slices from rank 0 after sharding
+    # (radfm.train.lazy_init); off, or a stage that trains before sharding (a vision warm-up): every rank
+    # builds the whole model.
+    lazy_init: bool = True
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -145,8 +149,15 @@ def shard_module(lit: nn.Module, mesh: Any, plan: ShardPlan) -> None:
     """
     from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
+    from radfm.train.lazy_init import any_rank_lazy, full_parameters, materialize_from_rank0
+
     model = lit.model
-    broadcast_from_rank0(lit, mesh.get_group(), mesh.device_type)
+    # A rank that built its model on the meta device (radfm.train.lazy_init) gets rank 0's values after
+    # sharding, a slice at a time; otherwise every rank holds the model and rank 0's copy is broadcast now.
+    lazy = any_rank_lazy(lit, mesh.get_group())
+    full = full_parameters(lit) if lazy else None
+    if not lazy:
+        broadcast_from_rank0(lit, mesh.get_group(), mesh.device_type)
     kwargs = {"mesh": mesh, "mp_policy": plan.mixed_precision()}
     units = shard_units(model, plan.policy)
     # A model built to checkpoint (base's preset) keeps checkpointing, per unit, with FSDP's hooks outside it.
@@ -163,6 +174,9 @@ def shard_module(lit: nn.Module, mesh: Any, plan: ShardPlan) -> None:
             # Heads stay fp32 (they read fp32 pooled features and are a tiny part of the compute).
             fully_shard(objective, mesh=mesh)
             register_fsdp_forward_method(objective, "loss")
+    if lazy:
+        materialize_from_rank0(lit, full, mesh)
+        del full
     log.info("sharded %d units + root over %d ranks (%s)", len(units), mesh.size(), plan)
 
 

@@ -38,3 +38,26 @@ def test_a_run_starts_from_a_saved_model_and_refuses_another_shape(make_cfg, tmp
         initial_model(src, small, tokenizer)
     with pytest.raises(FileNotFoundError, match="model.safetensors is missing"):
         initial_model(tmp_path, model_cfg, tokenizer)
+
+
+def test_a_lazy_rank_builds_no_weights_unless_a_stage_trains_before_sharding(make_cfg, tmp_path):
+    """``build_run(lazy=True)`` (a sharded run's rank > 0): the model's parameters on the meta device and
+    ``init_from`` not read; with a vision warm-up that trains in the fit's setup, the whole model as usual."""
+    from radfm.model import factory
+    from radfm.train.builder import build_run
+    from radfm.train.data_prep import ensure_dataset
+
+    cfg = make_cfg("init_from=/nowhere/not-read", "objective=[answer,label_head]")
+    ensure_dataset(cfg.data)  # label_head reads the training rows' labels
+    model_cfg = build_model_config(cfg)
+    tokenizer = factory.build_tokenizer(model_cfg, texts=["Is there a nodule?", "Yes."])
+    run = build_run(cfg, tokenizer, setup=False, lazy=True)
+    assert run.module.built_lazily
+    assert all(p.is_meta for p in run.module.model.parameters())
+    assert not any(b.is_meta for b in run.module.model.buffers())  # built by the modules' own code
+    assert run.module.param_counts["total"] > 0
+
+    warm = make_cfg("objective=[answer,label_head]", "callbacks=[default,vision_warmup]",
+                    "callbacks.vision_warmup.steps=2")
+    run = build_run(warm, tokenizer, setup=False, lazy=True)
+    assert not run.module.built_lazily and not any(p.is_meta for p in run.module.model.parameters())

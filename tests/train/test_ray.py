@@ -145,6 +145,8 @@ def test_fsdp_shards_small_resumes_a_killed_worker_and_exports_one_file(make_cfg
     starts = _starts(run_dir)
     assert all(0.45 <= s["params_held"] / s["params_total"] <= 0.55 for s in starts), starts
     assert all(s["params_total"] > 5e7 for s in starts)  # the small preset, not tiny
+    # rank 1 built no weights of its own (radfm.train.lazy_init): rank 0 sent its slices after sharding
+    assert {s["rank"]: s["built_lazily"] for s in starts[:2]} == {0: False, 1: True}, starts
     restarted = starts[2:]
     assert len(restarted) >= 2 and {s["resumed_from_step"] for s in restarted[:2]} >= {every}, starts
 

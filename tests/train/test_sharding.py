@@ -25,12 +25,19 @@ STEPS = 5
 TEXTS = ["Is there a nodule?", "Yes, a left nodule.", "No.", "Which modality is this?", "CT of the chest."]
 
 
-def _lit(lora: bool = False, builtin_checkpointing: bool = False) -> RadFMLitModule:
+def _lit(lora: bool = False, builtin_checkpointing: bool = False, lazy: bool = False) -> RadFMLitModule:
+    """The tiny module; ``lazy``: its model's parameters on the meta device (a rank ≠ 0 of a lazy run)."""
+    from radfm.train.lazy_init import params_on_meta
+
     cfg = presets.tiny()
     cfg.gradient_checkpointing = builtin_checkpointing  # the model's own (base's preset turns it on)
     tokenizer = factory.build_tokenizer(cfg, texts=TEXTS * 4)
+    model = None
+    if lazy:
+        with params_on_meta():
+            model = factory.build_model(cfg, tokenizer)
     return RadFMLitModule(cfg, tokenizer, [AnswerLoss()], seed=0, freeze="lm" if lora else "none",
-                          lora={"r": 4, "alpha": 8, "dropout": 0.0} if lora else None)
+                          lora={"r": 4, "alpha": 8, "dropout": 0.0} if lora else None, model=model)
 
 
 def _batch(lit: RadFMLitModule) -> dict:
@@ -58,7 +65,8 @@ def _train(lit: RadFMLitModule, batch: dict) -> list[float]:
     return losses
 
 
-def _worker(rank: int, world: int, port: int, out: str, plan: dict, lora: bool, builtin: bool) -> None:
+def _worker(rank: int, world: int, port: int, out: str, plan: dict, lora: bool, builtin: bool,
+            lazy: bool) -> None:
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
@@ -68,16 +76,17 @@ def _worker(rank: int, world: int, port: int, out: str, plan: dict, lora: bool, 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        lit = _lit(lora, builtin)
+        lit = _lit(lora, builtin, lazy=lazy and rank != 0)
         batch = _batch(lit)
-        if rank == 1:  # a rank that drifted (e.g. its own warm-up) is brought back to rank 0's weights
+        built_on_meta = all(p.is_meta for p in lit.model.parameters())
+        if rank == 1 and not lazy:  # a rank that drifted (e.g. its own warm-up) is brought back to rank 0's
             with torch.no_grad():
                 next(lit.model.parameters()).add_(1.0)
         shard_module(lit, init_device_mesh("cpu", (world,)), ShardPlan(**plan))
         held, total = local_numel(lit)
         losses = _train(lit, batch)
         state = full_state_dict(lit.model)
-        result = {"losses": losses, "held": held, "total": total,
+        result = {"losses": losses, "held": held, "total": total, "built_on_meta": built_on_meta,
                   "builtin_left_on": lit.model.vision.encoder.gradient_checkpointing
                   or bool(getattr(lit.model.lm, "is_gradient_checkpointing", False))}
         if rank == 0:
@@ -93,9 +102,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _sharded_run(tmp_path: Path, plan: dict, lora: bool = False, builtin: bool = False) -> tuple[list[dict], dict]:
+def _sharded_run(tmp_path: Path, plan: dict, lora: bool = False, builtin: bool = False,
+                 lazy: bool = False) -> tuple[list[dict], dict]:
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), plan, lora, builtin), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), plan, lora, builtin, lazy), nprocs=2, join=True)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     return ranks, torch.load(tmp_path / "state.pt")
 
@@ -145,6 +155,24 @@ def test_the_models_own_checkpointing_gives_way_to_the_plans(tmp_path, single):
     for r in ranks:
         assert not r["builtin_left_on"]
         assert r["losses"] == pytest.approx(losses, rel=1e-4, abs=1e-5)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_a_rank_built_on_the_meta_device_gets_rank_0s_weights(tmp_path, single, lora):
+    """Rank 1 builds its model with no parameter storage (radfm.train.lazy_init); after sharding it holds rank
+    0's slices: the run trains as one process and gathers the same weights, LoRA adapters included."""
+    ranks, state = _sharded_run(tmp_path, {"param_dtype": None, "reduce_dtype": None}, lora=lora, lazy=True)
+    assert [r["built_on_meta"] for r in ranks] == [False, True]
+    assert ranks[0]["losses"] == pytest.approx(ranks[1]["losses"], rel=1e-6)
+    if lora:
+        base = _lit(lora=True).model.state_dict()
+        moved = {k for k in base if k.startswith("lm.") and not torch.equal(base[k], state[k])}
+        assert moved and all("lora_" in k for k in moved), sorted(moved)[:5]
+        return
+    losses, weights = single
+    assert ranks[0]["losses"] == pytest.approx(losses, rel=1e-4, abs=1e-5)
+    worst = max(float((state[k] - weights[k]).abs().max()) for k in weights)
+    assert worst < 1e-4, worst
 
 
 def test_bf16_mixed_precision_follows_the_fp32_losses(tmp_path, single):
