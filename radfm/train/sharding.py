@@ -51,14 +51,21 @@ class ShardPlan:
     # (radfm.train.lazy_init); off, or a stage that trains before sharding (a vision warm-up): every rank
     # builds the whole model.
     lazy_init: bool = True
+    # The dtype the frozen weights are stored in (LoRA's base, a frozen ViT): bfloat16 halves them; null keeps
+    # the model's fp32. Trainable weights, their gradients and AdamW states stay fp32 either way.
+    frozen_dtype: str | None = None
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
             raise ValueError(f"trainer.ray.shard.policy={self.policy!r}: choose one of {list(POLICIES)}")
-        for key in ("param_dtype", "reduce_dtype"):
+        for key in ("param_dtype", "reduce_dtype", "frozen_dtype"):
             value = getattr(self, key)
             if value is not None and value not in DTYPES:
                 raise ValueError(f"trainer.ray.shard.{key}={value!r}: choose one of {sorted(DTYPES)} or null")
+        if self.frozen_dtype is not None and DTYPES[self.frozen_dtype] != DTYPES.get(self.param_dtype or ""):
+            raise ValueError(f"trainer.ray.shard.frozen_dtype={self.frozen_dtype} needs param_dtype="
+                             f"{self.frozen_dtype} (the frozen weights compute in the dtype they are kept in), "
+                             f"got param_dtype={self.param_dtype}")
 
     @classmethod
     def from_dict(cls, given: dict[str, Any] | None) -> ShardPlan:
@@ -124,6 +131,15 @@ def _without_builtin_checkpointing(model: nn.Module) -> bool:
     return was_on
 
 
+def _store_frozen(module: nn.Module, dtype: torch.dtype) -> None:
+    """Keep every frozen floating-point parameter of ``module`` in ``dtype`` (before sharding: the shards and
+    the checkpoints then hold them so)."""
+    with torch.no_grad():
+        for p in module.parameters():
+            if not p.requires_grad and p.is_floating_point() and p.dtype != dtype:
+                p.data = p.data.to(dtype)
+
+
 def broadcast_from_rank0(module: nn.Module, group: Any = None, device_type: str = "cpu") -> None:
     """Rank 0's weights and buffers on every rank (a rank-local warm-up or seed must not leave ranks apart:
     sharding keeps each rank's own slice). The model is still on the CPU here; under NCCL (a GPU mesh) each
@@ -155,6 +171,8 @@ def shard_module(lit: nn.Module, mesh: Any, plan: ShardPlan) -> None:
     # A rank that built its model on the meta device (radfm.train.lazy_init) gets rank 0's values after
     # sharding, a slice at a time; otherwise every rank holds the model and rank 0's copy is broadcast now.
     lazy = any_rank_lazy(lit, mesh.get_group())
+    if plan.frozen_dtype:
+        _store_frozen(lit, DTYPES[plan.frozen_dtype])
     full = full_parameters(lit) if lazy else None
     if not lazy:
         broadcast_from_rank0(lit, mesh.get_group(), mesh.device_type)
@@ -212,6 +230,10 @@ def unsharded_copy(model: nn.Module, state: dict[str, torch.Tensor], tokenizer: 
         plain = factory.build_model(model.cfg, tokenizer)
         if lora:
             apply_lora(plain, **lora)
+    # Weights kept in another dtype while sharded (frozen_dtype) come back in the model's own: LoRA merges
+    # into fp32, not into bf16, where most of a small update would round away.
+    own = plain.state_dict()
+    state = {k: v.to(own[k].dtype) if k in own and v.dtype != own[k].dtype else v for k, v in state.items()}
     plain.load_state_dict(state, strict=True, assign=True)
     plain.yes_no_offset = float(getattr(model, "yes_no_offset", 0.0))
     return plain

@@ -86,7 +86,10 @@ def _worker(rank: int, world: int, port: int, out: str, plan: dict, lora: bool, 
         held, total = local_numel(lit)
         losses = _train(lit, batch)
         state = full_state_dict(lit.model)
+        dtypes = {grad: sorted({str(p.dtype) for p in lit.model.parameters() if p.requires_grad == grad})
+                  for grad in (True, False)}
         result = {"losses": losses, "held": held, "total": total, "built_on_meta": built_on_meta,
+                  "trainable_dtypes": dtypes[True], "frozen_dtypes": dtypes[False],
                   "builtin_left_on": lit.model.vision.encoder.gradient_checkpointing
                   or bool(getattr(lit.model.lm, "is_gradient_checkpointing", False))}
         if rank == 0:
@@ -105,6 +108,7 @@ def _free_port() -> int:
 def _sharded_run(tmp_path: Path, plan: dict, lora: bool = False, builtin: bool = False,
                  lazy: bool = False) -> tuple[list[dict], dict]:
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    tmp_path.mkdir(parents=True, exist_ok=True)
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), plan, lora, builtin, lazy), nprocs=2, join=True)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     return ranks, torch.load(tmp_path / "state.pt")
@@ -202,6 +206,29 @@ def test_lora_on_a_sharded_base_trains_only_the_adapters(tmp_path):
     q = next(n for n in names if n.endswith("layers.0.self_attn.q_proj.weight"))
     base_q = next(v for k, v in base.items() if k.endswith("layers.0.self_attn.q_proj.base_layer.weight"))
     assert not torch.equal(names[q].detach(), base_q)  # the trained adapter is in the merged weight
+
+
+def test_lora_keeps_its_frozen_base_in_bf16_and_exports_fp32(tmp_path):
+    """``frozen_dtype=bfloat16``: the frozen base is stored (and sharded, and checkpointed) in bf16, the
+    adapters stay fp32. With bf16 compute the base is cast to bf16 at each gather anyway, so the losses are
+    exactly those of the same plan with an fp32 base; the export merges into fp32 weights."""
+    bf16 = {"param_dtype": "bfloat16", "reduce_dtype": "float32"}
+    kept, state = _sharded_run(tmp_path / "kept", {**bf16, "frozen_dtype": "bfloat16"}, lora=True)
+    plain, _ = _sharded_run(tmp_path / "plain", bf16, lora=True)
+    for r in kept:
+        assert r["frozen_dtypes"] == ["torch.bfloat16"] and r["trainable_dtypes"] == ["torch.float32"]
+    assert plain[0]["frozen_dtypes"] == ["torch.float32"]
+    assert kept[0]["losses"] == plain[0]["losses"]
+    assert kept[0]["losses"][-1] < kept[0]["losses"][0]
+
+    from radfm.train.lora import merged_for_export
+    from radfm.train.sharding import unsharded_copy
+
+    lit = _lit(lora=True)
+    merged = merged_for_export(unsharded_copy(lit.model, state, lit.tokenizer, lit.hparams["lora"]), in_place=True)
+    assert {p.dtype for p in merged.parameters()} == {torch.float32}
+    with pytest.raises(ValueError, match="frozen_dtype=bfloat16 needs param_dtype=bfloat16"):
+        ShardPlan(param_dtype=None, frozen_dtype="bfloat16")
 
 
 def test_the_gathered_weights_export_as_one_plain_checkpoint(tmp_path, single):
