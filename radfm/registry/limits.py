@@ -90,14 +90,20 @@ def check_image_count(n_images: int, where: str = "the request") -> None:
 MAX_BEAMS = 8  # each beam holds its own KV cache: a request cannot multiply the server's memory further
 
 
-def check_num_beams(value: Any, where: str = "the request") -> int:
-    """``num_beams`` as an int from 1 (greedy) to :data:`MAX_BEAMS`."""
+def _whole_number(value: Any, name: str, where: str) -> int:
+    """``value`` as an int (a float or string that is one is taken; 2.5 or "x" is refused naming ``name``)."""
     try:
-        beams = int(value)
-        if beams != value and not isinstance(value, str):
+        number = int(value)
+        if number != value and not isinstance(value, str):
             raise ValueError
     except (TypeError, ValueError):
-        raise InputLimitError(f"{where}: num_beams must be a whole number, got {value!r}") from None
+        raise InputLimitError(f"{where}: {name} must be a whole number, got {value!r}") from None
+    return number
+
+
+def check_num_beams(value: Any, where: str = "the request") -> int:
+    """``num_beams`` as an int from 1 (greedy) to :data:`MAX_BEAMS`."""
+    beams = _whole_number(value, "num_beams", where)
     if not 1 <= beams <= MAX_BEAMS:
         raise InputLimitError(f"{where}: num_beams must be from 1 (greedy) to {MAX_BEAMS}, got {beams}")
     return beams
@@ -105,12 +111,7 @@ def check_num_beams(value: Any, where: str = "the request") -> int:
 
 def check_max_new_tokens(value: Any, where: str = "the request", context: int | None = None) -> int:
     """``max_new_tokens`` as an int ≥ 1 (and below ``context`` when known)."""
-    try:
-        tokens = int(value)
-        if tokens != value and not isinstance(value, str):
-            raise ValueError
-    except (TypeError, ValueError):
-        raise InputLimitError(f"{where}: max_new_tokens must be a whole number, got {value!r}") from None
+    tokens = _whole_number(value, "max_new_tokens", where)
     if tokens < 1:
         raise InputLimitError(f"{where}: max_new_tokens must be at least 1, got {tokens}")
     if context is not None and tokens >= context:

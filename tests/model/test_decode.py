@@ -25,15 +25,19 @@ def _reference(lm, embeds, mask, n, eos, pad, suppress, **beam):
                        temperature=None, top_k=None, top_p=None, **beam)
 
 
+def _padded_batch(lm: LlamaForCausalLM, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """4 prompts of 15 tokens' embeddings, left-padded by 0, 5, 11 and 1, and their mask."""
+    ids = torch.randint(3, 400, (4, 15), generator=torch.Generator().manual_seed(seed))
+    mask = torch.ones_like(ids)
+    mask[1, :5], mask[2, :11], mask[3, :1] = 0, 0, 0
+    return lm.get_input_embeddings()(ids).detach(), mask
+
+
 @pytest.mark.parametrize("kv_heads", [4, 2])
 def test_same_tokens_as_generate_on_a_left_padded_batch(kv_heads):
     lm = _lm(kv_heads)
     for seed in range(3):
-        g = torch.Generator().manual_seed(seed)
-        ids = torch.randint(3, 400, (4, 15), generator=g)
-        mask = torch.ones_like(ids)
-        mask[1, :5], mask[2, :11], mask[3, :1] = 0, 0, 0
-        embeds = lm.get_input_embeddings()(ids).detach()
+        embeds, mask = _padded_batch(lm, seed)
         ref = _reference(lm, embeds, mask, 24, None, 0, [7, 9])
         got = LeanDecoder(lm).greedy(embeds, mask, 24, None, 0, [7, 9])
         assert torch.equal(got, ref)
@@ -110,11 +114,7 @@ def test_an_lm_it_does_not_read_is_refused():
 def test_beam_search_gives_generates_beams_on_a_left_padded_batch(kv_heads, beams, length_penalty):
     lm = _lm(kv_heads)
     for seed in range(3):
-        g = torch.Generator().manual_seed(seed)
-        ids = torch.randint(3, 400, (4, 15), generator=g)
-        mask = torch.ones_like(ids)
-        mask[1, :5], mask[2, :11], mask[3, :1] = 0, 0, 0
-        embeds = lm.get_input_embeddings()(ids).detach()
+        embeds, mask = _padded_batch(lm, seed)
         free = LeanDecoder(lm).greedy(embeds, mask, 12, None, 0)
         for eos in (None, int(free[0, 3])):  # no end, and a token row 0 says early
             ref = _reference(lm, embeds, mask, 12, eos, 0, [7, 9], num_beams=beams, length_penalty=length_penalty)
