@@ -81,19 +81,19 @@ def matmul_only_step(model: Any, rows: int, reps: int = 5) -> float:
     from radfm.model.decode import LeanDecoder
 
     dec = LeanDecoder(model.lm)
-    dec._pack(rows)
-    mods = []
+    dec._pack_head(rows)
+    calls = []
     for layer in model.lm.model.layers:
         a, m = layer.self_attn, layer.mlp
-        mods += [a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj]
-    mods.append(model.lm.lm_head)
-    xs = [torch.randn(rows, mod.in_features) for mod in mods]
+        calls += [(mod, torch.randn(rows, mod.in_features))
+                  for mod in (a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj)]
+    calls.append((dec._head, torch.randn(rows, model.lm.lm_head.in_features)))
     best = float("inf")
     with torch.no_grad():
         for i in range(reps + 1):
             t0 = time.perf_counter()
-            for mod, x in zip(mods, xs):
-                dec._lin(mod, x)
+            for fn, x in calls:
+                fn(x)
             if i:
                 best = min(best, time.perf_counter() - t0)
     return best

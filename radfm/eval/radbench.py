@@ -48,8 +48,13 @@ class EvalConfig:
     transform: TransformConfig = field(default_factory=TransformConfig)
 
     def __post_init__(self) -> None:
-        if self.num_beams < 1:
-            raise ValueError(f"num_beams must be at least 1 (1: greedy), got {self.num_beams}")
+        check_beams(self.num_beams)
+
+
+def check_beams(num_beams: int) -> None:
+    """RadBench's beam count: 1 (greedy) or more; no upper limit here (the served model's is 8)."""
+    if num_beams < 1:
+        raise ValueError(f"num_beams must be at least 1 (1: greedy), got {num_beams}")
 
 
 def _norm(text: str) -> str:
@@ -194,8 +199,7 @@ def evaluate_checkpoint(model_dir: str | Path, manifest: str | Path, out_dir: st
     from radfm.data.cache import TensorCache
     from radfm.model.checkpoint import load_pretrained
 
-    if options.get("num_beams", 1) < 1:  # before the model loads
-        raise ValueError(f"num_beams must be at least 1 (1: greedy), got {options['num_beams']}")
+    check_beams(options.get("num_beams", 1))  # before the model loads
     model, tokenizer = load_pretrained(model_dir)
     manifest = Path(manifest)
     cfg = EvalConfig(manifest=str(manifest), data_root=str(data_root or manifest.parent),

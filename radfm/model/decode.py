@@ -103,7 +103,7 @@ class LeanDecoder:
         self.rotary = lm.model.rotary_emb
         self.scaling = head_dim ** -0.5
         self.pack = pack
-        self._packed: dict[int, tuple[int, torch.Tensor]] = {}
+        self._packed: tuple[int, torch.Tensor] | None = None  # (rows, the head packed for them)
 
     def _cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """Rotary ``cos``/``sin`` of ``positions`` (``B×L``) → each ``B×1×L×head_dim``, as the LM's own rotary
@@ -141,51 +141,48 @@ class LeanDecoder:
             h = h + mlp.down_proj(F.silu(mlp.gate_proj(x)) * mlp.up_proj(x))
         return h
 
-    def _lin(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """``module(x)`` for a linear layer (``…×in`` → ``…×out``): through MKL's packed GEMM when a packed copy
-        of its weight for this many rows is held (:meth:`_pack`), else the module itself."""
-        packed = self._packed.get(id(module))
-        rows = x.numel() // x.shape[-1]
-        if packed is not None and packed[0] == rows:
-            return torch.ops.mkl._mkl_linear(x, packed[1], module.weight, module.bias, rows)
-        return module(x)
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        """The LM head on ``x`` (``M×hidden`` → ``M×V``): through MKL's packed GEMM when a copy packed for ``M``
+        rows is held (:meth:`_pack_head`), else the module itself."""
+        head = self.lm.lm_head
+        if self._packed is not None and self._packed[0] == x.shape[0]:
+            return torch.ops.mkl._mkl_linear(x, self._packed[1], head.weight, head.bias, self._packed[0])
+        return head(x)
 
-    def _linears(self) -> list[nn.Module]:
-        """The linear layers worth packing: the LM head only. MKL pads a packed copy for a few rows: measured at
-        8 rows, ref-small's 512×512 projections grow 8.8× and its 1376×512 ones 3.7×, for 20 % less time in them
-        and 6 % over the whole decode; the 32,000×512 head grows 1.36× and halves its time."""
-        return [self.lm.lm_head]
+    def _logits(self, h_last: torch.Tensor) -> torch.Tensor:
+        """fp32 next-token logits ``B×V`` of the last hidden states ``B×hidden`` (the final norm, then the head)."""
+        return self._head(_rms_norm(h_last, self.lm.model.norm)).float()
 
-    def _pack(self, rows: int) -> None:
-        """Hold the LM head's weight (:meth:`_linears`) packed by MKL for ``rows``-row products, where that
-        pays: fp32 weights on the CPU, more than one row (at one row MKL takes its matrix-vector path either
-        way), and at most :data:`PACK_MAX_BYTES` of them.
+    def _pack_head(self, rows: int) -> None:
+        """Hold the LM head's weight packed by MKL for ``rows``-row products, where that pays: an fp32 head on
+        the CPU, more than one row (at one row MKL takes its matrix-vector path either way), at most
+        :data:`PACK_MAX_BYTES`.
 
         Why: at 8 rows a plain ``F.linear`` re-packs its weight on every call; in ref-small's decoding step the
         65 MB LM head alone took 9.2 of 24 ms that way (BENCHMARKS.md, "Decoding"). The packed products sum in
         another order, so logits differ from ``F.linear``'s in the last bits (5.7e-5 at most on that head): a
         token can differ only where two logits tie that closely. The packed copy (1.36× the weight) stays on
-        its module, keyed by the weight's storage, version and the row count, for the next call.
+        the head module, keyed by the weight's storage, version, shape and the row count, for the next call.
+        Only the head: MKL pads a packed copy for a few rows (ref-small's 512×512 projections grow 8.8×), and
+        packing every projection gained 6 % over the whole decode.
         """
-        self._packed = {}
-        mods = self._linears()
-        weights = [m.weight for m in mods]
-        if (not self.pack or rows < 2 or not torch.backends.mkl.is_available()
-                or not hasattr(torch.ops.mkl, "_mkl_linear")
-                or any(w.device.type != "cpu" or w.dtype != torch.float32 for w in weights)
-                or sum(w.numel() * w.element_size() for w in weights) > PACK_MAX_BYTES):
+        self._packed = None
+        head = self.lm.lm_head
+        w = head.weight
+        if (not self.pack or rows < 2 or w.device.type != "cpu" or w.dtype != torch.float32
+                or w.numel() * w.element_size() > PACK_MAX_BYTES or not torch.backends.mkl.is_available()
+                or not hasattr(torch.ops.mkl, "_mkl_linear")):
             return
-        for mod, w in zip(mods, weights):
-            key = (w.data_ptr(), w._version, tuple(w.shape), rows)
-            held = getattr(mod, "_radfm_packed", None)
-            if held is None or held[0] != key:
-                held = (key, torch.ops.mkl._mkl_reorder_linear_weight(w.detach(), rows))
-                mod._radfm_packed = held
-            self._packed[id(mod)] = (rows, held[1])
+        key = (w.data_ptr(), w._version, tuple(w.shape), rows)
+        held = getattr(head, "_radfm_packed", None)
+        if held is None or held[0] != key:
+            held = (key, torch.ops.mkl._mkl_reorder_linear_weight(w.detach(), rows))
+            head._radfm_packed = held
+        self._packed = (rows, held[1])
 
     def _next(self, h_last: torch.Tensor, suppress: Sequence[int]) -> torch.Tensor:
         """The argmax token of the last position's hidden state ``B×hidden`` (``suppress``: never chosen)."""
-        logits = self._lin(self.lm.lm_head, _rms_norm(h_last, self.lm.model.norm)).float()
+        logits = self._logits(h_last)
         if suppress:
             logits[:, list(suppress)] = float("-inf")
         return logits.argmax(-1)
@@ -238,7 +235,7 @@ class LeanDecoder:
         if max_new_tokens <= 0:
             return torch.zeros(b, 0, dtype=torch.long, device=embeds.device)
         cache = self._prefill(embeds, attention_mask, max_new_tokens)
-        self._pack(b)
+        self._pack_head(b)
         nxt = self._next(cache.last, suppress)
         finished = torch.zeros(b, dtype=torch.bool, device=embeds.device)
         out = []
@@ -256,8 +253,7 @@ class LeanDecoder:
     def _log_probs(self, h_last: torch.Tensor, suppress: Sequence[int]) -> torch.Tensor:
         """Next-token log-probabilities ``B×V`` (fp32) of the last hidden states ``B×hidden``; ``suppress``: -inf,
         after the softmax, as ``generate``'s processor sets them."""
-        logits = self._lin(self.lm.lm_head, _rms_norm(h_last, self.lm.model.norm)).float()
-        logp = F.log_softmax(logits, dim=-1)
+        logp = F.log_softmax(self._logits(h_last), dim=-1)
         if suppress:
             logp[:, list(suppress)] = float("-inf")
         return logp
@@ -284,7 +280,7 @@ class LeanDecoder:
         n = max_new_tokens
         cache = self._prefill(embeds, attention_mask, n)
         cache.repeat(k)
-        self._pack(b * k)
+        self._pack_head(b * k)
         h_last = cache.last
         fill = (pad_token_id if pad_token_id else eos_token_id) if eos_token_id is not None else -1
         keep = 2 * k  # max(2, 1 + number of EOS ids) beams per kept beam: one EOS id at most here

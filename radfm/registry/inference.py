@@ -28,8 +28,7 @@ from radfm.registry.limits import (
 # The errors and limits of a request are importable from here too: this is the module users call.
 __all__ = ["DEFAULT_MAX_IMAGES", "MAX_IMAGES_ENV", "ContextLimit", "InputLimitError", "PredictInputError",
            "check_image_count", "check_images", "check_inputs", "check_max_new_tokens", "check_num_beams", "load",
-           "max_images",
-           "predict", "probe"]
+           "max_images", "predict", "probe"]
 
 
 def check_images(images: Sequence[str | Path]) -> list[str]:

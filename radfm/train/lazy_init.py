@@ -86,12 +86,10 @@ def materialize_from_rank0(module: nn.Module, full: dict[str, torch.Tensor] | No
                 source = full[name].to(device)
             else:
                 source = torch.empty(param.shape, dtype=param.dtype, device=device)
-            if isinstance(param, DTensor):
-                shard = distribute_tensor(source, param.device_mesh, param.placements, src_data_rank=0)
-                param.to_local().copy_(shard.to_local())
-            else:  # a parameter left unsharded: the whole of it
-                dist.broadcast(source, src=dist.get_global_rank(group, 0), group=group)
-                param.copy_(source)
+            if not isinstance(param, DTensor):  # shard_module shards every parameter of the module
+                raise TypeError(f"{name} was left unsharded: a lazily built rank has no value for it")
+            shard = distribute_tensor(source, param.device_mesh, param.placements, src_data_rank=0)
+            param.to_local().copy_(shard.to_local())
             del source
         for buffer in module.buffers():
             staged = buffer.data.to(device)
